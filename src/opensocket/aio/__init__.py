@@ -1,0 +1,218 @@
+"""The asyncio runtime: ``connect``, ``serve``, ``open_datagram`` and ``run``."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeVar, overload
+
+from ..address import Address, parse_address
+from ..errors import ConfigError
+from ..hooks import Hooks
+from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
+from ..protocol.connection import Role
+from ._connect import open_socket, open_transport
+from ._framed import Connection, FramedProtocol, client_core
+from .datagram import DatagramEndpoint, open_datagram_endpoint
+from .server import Server
+from .stream import DEFAULT_LINE_LIMIT, Stream
+
+__all__ = [
+    "Connection",
+    "DatagramEndpoint",
+    "Server",
+    "Stream",
+    "connect",
+    "open_datagram",
+    "open_socket",
+    "run",
+    "serve",
+]
+
+T = TypeVar("T")
+TLSArg = TLSOptions | ssl.SSLContext | None
+STREAM_SCHEMES = frozenset({"tcp", "tls", "unix"})
+
+
+def protocol_options(
+    protocol: ProtocolOptions | None,
+    codec: str | tuple[str, ...] | None,
+    secret: bytes | str | None,
+    name: str | None,
+) -> ProtocolOptions:
+    """Merge the keyword shortcuts into a ProtocolOptions."""
+    opts = protocol or ProtocolOptions()
+    changes: dict[str, Any] = {}
+    if codec is not None:
+        changes["codecs"] = (codec,) if isinstance(codec, str) else tuple(codec)
+    if secret is not None:
+        changes["secret"] = secret.encode() if isinstance(secret, str) else secret
+    if name is not None:
+        changes["name"] = name
+    if not changes:
+        return opts
+    from dataclasses import replace
+
+    return replace(opts, **changes)
+
+
+def _stream_address(url: str | Address) -> Address:
+    return parse_address(url, schemes=STREAM_SCHEMES)
+
+
+@overload
+async def connect(
+    url: str | Address,
+    *,
+    raw: Literal[False] = False,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    hooks: Hooks | None = None,
+) -> Connection: ...
+
+
+@overload
+async def connect(
+    url: str | Address,
+    *,
+    raw: Literal[True],
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    hooks: Hooks | None = None,
+) -> Stream: ...
+
+
+async def connect(
+    url: str | Address,
+    *,
+    raw: bool = False,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    hooks: Hooks | None = None,
+) -> Connection | Stream:
+    """Connect to ``url`` (tcp://, tls://, unix://) and complete the handshake.
+
+    Returns a framed ``Connection``, or a raw byte ``Stream`` with ``raw=True``. ``codec`` is
+    the payload codec (or codecs, in order of preference), ``secret`` a shared secret for
+    authentication, ``tls`` TLS options (implied by tls://). Raises a ConnectError, TLSError
+    or HandshakeError subclass that says what went wrong.
+    """
+    addr = _stream_address(url)
+    opts = options or SocketOptions()
+    loop = asyncio.get_running_loop()
+    if raw:
+        return await _connect_raw(addr, opts, tls)
+    popts = protocol_options(protocol, codec, secret, name)
+    use_tls = addr.is_tls or tls is not None
+    core = client_core(Role.CLIENT, popts, loop=loop, tls=use_tls, idle=opts.idle_timeout)
+    proto = FramedProtocol(core, peer=addr.hostport, write_timeout=opts.write_timeout, hooks=hooks)
+    transport, _ = await open_transport(addr, lambda: proto, opts, tls)
+    try:
+        await asyncio.shield(proto.ready)
+    except BaseException as exc:
+        transport.abort()
+        if hooks is not None and hooks.on_handshake_failed is not None:
+            from .._log import safe_call
+
+            safe_call(hooks.on_handshake_failed, addr.hostport, exc)
+        raise
+    sockname = transport.get_extra_info("sockname")
+    local = str(sockname) if not isinstance(sockname, tuple) else f"{sockname[0]}:{sockname[1]}"
+    conn = Connection(proto, local, str(addr))
+    if hooks is not None and hooks.on_connect is not None:
+        from .._log import safe_call
+
+        safe_call(hooks.on_connect, conn)
+    return conn
+
+
+async def _connect_raw(addr: Address, opts: SocketOptions, tls: TLSArg) -> Stream:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=DEFAULT_LINE_LIMIT, loop=loop)
+    proto = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await open_transport(addr, lambda: proto, opts, tls)
+    writer = asyncio.StreamWriter(transport, proto, reader, loop)
+    return Stream(reader, writer, read_timeout=opts.read_timeout, write_timeout=opts.write_timeout)
+
+
+async def serve(
+    url: str | Address | list[str | Address],
+    handler: Callable[[Any], Awaitable[Any]],
+    *,
+    raw: bool = False,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    limits: ServerLimits | None = None,
+    hooks: Hooks | None = None,
+) -> Server:
+    """Listen on ``url`` (or several) and run ``await handler(conn)`` for each connection.
+
+    ``handler`` gets a ``Connection`` (or a ``Stream`` with ``raw=True``); when it returns the
+    connection is closed. Port 0 picks a free port: read ``server.addresses``. ``limits``
+    protect the server (connection caps, access lists, rate limits, timeouts).
+    """
+    urls = url if isinstance(url, list) else [url]
+    addrs = [_stream_address(u) for u in urls]
+    schemes = {a.scheme for a in addrs}
+    if "tls" in schemes and len(schemes) > 1:
+        raise ConfigError("serve tls:// and plaintext addresses from two servers, not one")
+    if "tls" in schemes and tls is None:
+        raise ConfigError("a tls:// server needs TLS options with a certificate and key")
+    server = Server(
+        handler,
+        raw=raw,
+        protocol=protocol_options(protocol, codec, secret, name),
+        options=options or SocketOptions(),
+        limits=limits or ServerLimits(),
+        tls=tls if ("tls" in schemes or tls is not None) else None,
+        hooks=hooks,
+        scheme=addrs[0].scheme,
+    )
+    try:
+        for addr in addrs:
+            await server._start(addr)
+    except BaseException:
+        await server.close(0)
+        raise
+    return server
+
+
+async def open_datagram(
+    url: str | Address,
+    *,
+    bind: bool = False,
+    options: SocketOptions | None = None,
+    queue_limit: int = 4096,
+) -> DatagramEndpoint:
+    """Open a UDP endpoint bound to ``url`` (``bind=True``) or connected to it."""
+    return await open_datagram_endpoint(url, bind=bind, options=options, queue_limit=queue_limit)
+
+
+def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True, debug: bool = False) -> T:
+    """Run a coroutine on a new event loop: uvloop when installed, unless opted out."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(debug=debug, loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main, debug=debug)

@@ -1,0 +1,516 @@
+"""The asyncio runtime of the framed protocol: a BufferedProtocol over the sans-IO core.
+
+Reads go straight into a per-loop scratch buffer (``recv_into`` underneath), whole batches of
+messages are decoded per read, and writes are coalesced: ``send`` appends to the core's output
+and one flush per loop iteration (or per 64 KiB) hands it to the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, cast
+
+from .._log import peer_logger, safe_call
+from ..codecs import Codec, get_codec
+from ..errors import (
+    CloseCode,
+    ConnectionClosed,
+    OpenSocketError,
+    ReadTimeout,
+    WriteTimeout,
+)
+from ..hooks import Hooks
+from ..protocol.connection import FramedConnection, Role, State
+from ..protocol.decoder import new_scratch
+from ..protocol.events import ConnectionTerminated, HandshakeComplete, PongReceived
+from ..stats import ConnectionStats
+
+__all__ = ["Connection", "FramedProtocol"]
+
+FLUSH_AT: Final = 64 * 1024
+_scratch: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, bytearray] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_scratch(loop: asyncio.AbstractEventLoop) -> bytearray:
+    """The receive scratch buffer shared by the connections of one event loop."""
+    buf = _scratch.get(loop)
+    if buf is None:
+        buf = _scratch[loop] = new_scratch()
+    return buf
+
+
+class FramedProtocol(asyncio.BufferedProtocol):
+    """Drives a FramedConnection from transport callbacks; owns queues and waiters."""
+
+    def __init__(
+        self,
+        core: FramedConnection,
+        *,
+        peer: str,
+        write_timeout: float | None,
+        hooks: Hooks | None = None,
+        on_ready: Callable[[FramedProtocol], None] | None = None,
+        on_closed: Callable[[FramedProtocol], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.peer = peer
+        self.log = peer_logger(core.role.value, peer)
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.inbox: collections.deque[Any] = collections.deque()
+        self.receiver: Callable[[list[Any]], None] | None = None
+        self.hooks = hooks or Hooks()
+        self.write_timeout = write_timeout
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.connection: Connection | None = None
+        self._on_ready = on_ready
+        self._on_closed = on_closed
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._write_paused = False
+        self._read_paused = False
+        self._flush_scheduled = False
+        self._queued_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.errors = 0
+
+    # ---- transport callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start: flush the client's HELLO and arm the handshake timer."""
+        self.transport = cast(asyncio.Transport, transport)
+        self._after_input()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the loop reads into."""
+        return self.core.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Decode, deliver, react, flush."""
+        core = self.core
+        core.buffer_updated(nbytes, self.loop.time())
+        messages = core.take_messages()
+        if messages:
+            self._deliver(messages)
+        if core._events or core._out:
+            self._after_input()
+
+    def eof_received(self) -> bool:
+        """The peer shut its writing side."""
+        self.core.receive_eof(self.loop.time())
+        self._after_input()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is gone: end the core if it was not over already."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        core = self.core
+        if core.state is not State.CLOSED:
+            reason = f"connection lost: {exc}" if exc else "connection lost"
+            core.fail(ConnectionClosed(CloseCode.ABNORMAL, reason, by_peer=True))
+            self._handle_events()
+        self._wake_drainers(core.closed_exception())
+
+    def pause_writing(self) -> None:
+        """The transport buffer is over its high-water mark."""
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        """The transport buffer drained."""
+        self._write_paused = False
+        self._wake_drainers(None)
+
+    # ---- delivery --------------------------------------------------------------------------
+
+    def _deliver(self, messages: list[Any]) -> None:
+        receiver = self.receiver
+        if receiver is not None:
+            try:
+                receiver(messages)
+            except Exception as exc:
+                self.log.exception("message receiver raised; closing")
+                self.close(CloseCode.INTERNAL_ERROR, f"receiver error: {exc!r}")
+            return
+        inbox = self.inbox
+        inbox.extend(messages)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._queued_bytes += sum(map(len, messages))
+        opts = self.core.options
+        if not self._read_paused and (
+            len(inbox) > opts.max_queued_messages or self._queued_bytes > opts.max_queued_bytes
+        ):
+            self._read_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def maybe_resume_reading(self) -> None:
+        """Resume reading once the application has taken enough queued messages."""
+        inbox = self.inbox
+        opts = self.core.options
+        if len(inbox) > opts.max_queued_messages // 2:
+            return
+        self._queued_bytes = sum(map(len, inbox))
+        if self._queued_bytes <= opts.max_queued_bytes // 2 and self.transport is not None:
+            self._read_paused = False
+            if self.core.state is not State.CLOSED:
+                self.transport.resume_reading()
+
+    async def wait_message(self, timeout: float | None) -> None:
+        """Wait until the inbox has something or the connection ended."""
+        if self.core.state is State.CLOSED:
+            raise self.core.closed_exception()
+        waiter = self._waiter = self.loop.create_future()
+        try:
+            if timeout is None:
+                await waiter
+            else:
+                async with asyncio.timeout(timeout):
+                    await waiter
+        except TimeoutError:
+            raise ReadTimeout(f"no message from {self.peer} within {timeout:g}s") from None
+        finally:
+            self._waiter = None
+
+    # ---- output ----------------------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        """Flush now if much is queued, else once at the end of this loop iteration."""
+        if self.core._out.__len__() >= FLUSH_AT:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand everything queued in the core to the transport."""
+        self._flush_scheduled = False
+        data = self.core.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport is over its high-water mark (bounded by write_timeout)."""
+        if not self._write_paused:
+            return
+        if self.core.state is State.CLOSED:
+            raise self.core.closed_exception()
+        waiter = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        try:
+            if self.write_timeout is None:
+                await waiter
+            else:
+                async with asyncio.timeout(self.write_timeout):
+                    await waiter
+        except TimeoutError:
+            reason = f"the peer has not read for {self.write_timeout:g}s: dropped as stuck"
+            self.log.warning("%s", reason)
+            self.abort(WriteTimeout(reason), CloseCode.SLOW_CONSUMER)
+            raise WriteTimeout(f"{self.peer}: {reason}") from None
+
+    def _wake_drainers(self, exc: BaseException | None) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+                    waiter.exception()  # mark retrieved: the sender sees it if still waiting
+
+    # ---- reacting to the core --------------------------------------------------------------
+
+    def _after_input(self) -> None:
+        self._handle_events()
+        self.flush()
+        self._arm_timer()
+
+    def _handle_events(self) -> None:
+        for event in self.core.events():
+            if isinstance(event, HandshakeComplete):
+                self._on_handshake(event)
+            elif isinstance(event, PongReceived):
+                pass
+            elif isinstance(event, ConnectionTerminated):
+                self._on_terminated(event)
+
+    def _on_handshake(self, event: HandshakeComplete) -> None:
+        self.log.debug("handshake complete: codec %s, peer name %r", event.codec, event.peer_name)
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if self._on_ready is not None:
+            self._on_ready(self)
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        if event.error is not None:
+            self.errors += 1
+        if not self.ready.done():
+            self.ready.set_exception(event.error or self.core.closed_exception())
+            self.ready.exception()
+        level = 10 if event.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY) else 20
+        self.log.log(level, "closed: %s (%s)", event.reason or "no reason", event.code)
+        self.flush()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.connection is not None:
+            safe_call(self.hooks.on_close, self.connection, event.code, event.reason)
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    def _arm_timer(self) -> None:
+        when = self.core.get_timer()
+        if when is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self._timer_at = None
+            return
+        if self._timer_at is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._fire_timer)
+
+    def _fire_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self.loop.time())
+        self._after_input()
+
+    # ---- actions ---------------------------------------------------------------------------
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake."""
+        self.core.close(self.loop.time(), code, reason)
+        self._after_input()
+
+    def abort(self, error: OpenSocketError, code: int = CloseCode.ABNORMAL) -> None:
+        """Drop the connection now (stuck peer, fatal local error)."""
+        self.core.fail(error, code)
+        self._handle_events()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def stats(self) -> ConnectionStats:
+        """A snapshot of the counters."""
+        core = self.core
+        return ConnectionStats(
+            bytes_in=core.bytes_in,
+            bytes_out=core.bytes_out,
+            messages_in=core.messages_in,
+            messages_out=core.messages_out,
+            errors=self.errors,
+            rtt=core.rtt,
+        )
+
+
+class Connection:
+    """A framed, message-oriented connection (asyncio). Use ``opensocket.connect``."""
+
+    def __init__(self, proto: FramedProtocol, local: str, remote: str) -> None:
+        self._proto = proto
+        self._core = proto.core
+        self.local_address = local
+        self.remote_address = remote
+        agreement = proto.core.agreement
+        assert agreement is not None
+        self.codec: Codec = get_codec(agreement.codec)
+        self.peer_name = agreement.peer_name
+        self._encode = self.codec.encode
+        self._decode = self.codec.decode
+        proto.connection = self
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    async def send(self, message: Any) -> None:
+        """Send one message; waits while the peer is slow (backpressure)."""
+        encode = self._encode
+        self._core.send(self.codec.dumps(message) if encode is not None else message)
+        proto = self._proto
+        proto.schedule_flush()
+        if proto._write_paused:
+            await proto.drain()
+
+    def send_nowait(self, message: Any) -> None:
+        """Queue one message without waiting; check ``writable`` or call ``drain`` in loops."""
+        encode = self._encode
+        self._core.send(self.codec.dumps(message) if encode is not None else message)
+        self._proto.schedule_flush()
+
+    async def send_many(self, messages: list[Any] | tuple[Any, ...]) -> None:
+        """Send several messages in one batch (the fast path for many small messages)."""
+        core_send = self._core.send
+        if self._encode is None:
+            for message in messages:
+                core_send(message)
+        else:
+            dumps = self.codec.dumps
+            for message in messages:
+                core_send(dumps(message))
+        proto = self._proto
+        proto.schedule_flush()
+        if proto._write_paused:
+            await proto.drain()
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is below its high-water mark."""
+        self._proto.flush()
+        await self._proto.drain()
+
+    @property
+    def writable(self) -> bool:
+        """False while the send buffer is full (a ``send`` would wait)."""
+        return not self._proto._write_paused
+
+    # ---- receiving -------------------------------------------------------------------------
+
+    async def recv(self, timeout: float | None = None) -> Any:
+        """Return the next message; raise ConnectionClosed once the connection has ended."""
+        proto = self._proto
+        inbox = proto.inbox
+        while not inbox:
+            await proto.wait_message(timeout)
+        item = inbox.popleft()
+        if proto._read_paused:
+            proto.maybe_resume_reading()
+        decode = self._decode
+        if decode is None and type(item) is bytes:
+            return item
+        return self._decode_item(item)
+
+    async def recv_batch(
+        self, max_messages: int | None = None, timeout: float | None = None
+    ) -> list[Any]:
+        """Return every queued message (at least one; at most ``max_messages``)."""
+        proto = self._proto
+        inbox = proto.inbox
+        while not inbox:
+            await proto.wait_message(timeout)
+        if max_messages is None or max_messages >= len(inbox):
+            items = list(inbox)
+            inbox.clear()
+        else:
+            items = [inbox.popleft() for _ in range(max_messages)]
+        if proto._read_paused:
+            proto.maybe_resume_reading()
+        if self._decode is None and all(type(i) is bytes for i in items):
+            return items
+        return [self._decode_item(item) for item in items]
+
+    def set_receiver(self, callback: Callable[[list[Any]], None] | None) -> None:
+        """Deliver messages by calling ``callback(batch)`` from the event loop as they arrive.
+
+        The fastest way to receive; the callback must not block. Messages already queued are
+        delivered at once. Pass None to go back to ``recv``.
+        """
+        proto = self._proto
+        if callback is None:
+            proto.receiver = None
+            return
+        decode = self._decode
+
+        def deliver(items: list[Any]) -> None:
+            if decode is None and all(type(i) is bytes for i in items):
+                callback(items)
+            else:
+                callback([self._decode_item(i) for i in items])
+
+        proto.receiver = deliver
+        if proto.inbox:
+            queued = list(proto.inbox)
+            proto.inbox.clear()
+            deliver(queued)
+        if proto._read_paused:
+            proto.maybe_resume_reading()
+
+    def _decode_item(self, item: Any) -> Any:
+        payload = item if isinstance(item, bytes) else item.payload
+        try:
+            return self.codec.loads(payload)
+        except OpenSocketError as exc:
+            self._proto.errors += 1
+            raise exc
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            try:
+                yield await self.recv()
+            except ConnectionClosed as exc:
+                if exc.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+                    return
+                raise
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close gracefully: flush what is queued, exchange CLOSE frames, close the socket."""
+        proto = self._proto
+        proto.flush()
+        if self._core.state is State.OPEN:
+            proto.close(code, reason)
+        await asyncio.shield(proto.closed)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended, whoever ended it."""
+        await asyncio.shield(self._proto.closed)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has ended."""
+        return self._core.state is State.CLOSED
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed."""
+        return self._core.close_code if self.closed else None
+
+    @property
+    def close_reason(self) -> str:
+        """The close reason once closed."""
+        return self._core.close_reason if self.closed else ""
+
+    @property
+    def stats(self) -> ConnectionStats:
+        """Counters: bytes and messages in and out, errors, last heartbeat round trip."""
+        return self._proto.stats()
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Connection {self.local_address} -> {self.remote_address} {self._core.state.value}>"
+        )
+
+
+def client_core(
+    role: Role, options: Any, *, loop: asyncio.AbstractEventLoop, tls: bool, idle: float | None
+) -> FramedConnection:
+    """A core bound to this loop's clock and scratch buffer."""
+    return FramedConnection(
+        role, options, now=loop.time(), tls=tls, idle_timeout=idle, scratch=loop_scratch(loop)
+    )

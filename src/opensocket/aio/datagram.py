@@ -1,0 +1,178 @@
+"""UDP endpoints for asyncio: ``send_to``/``recv_from``, bounded receive queue."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+from typing import Any
+
+from .._sockets import bind_sockets, connect_error, interleave, literal_info, resolution_error
+from ..address import Address, from_sockaddr
+from ..errors import ConnectionClosedOK, OpenSocketError, ReadTimeout
+from ..options import SocketOptions
+
+__all__ = ["DatagramEndpoint", "open_datagram_endpoint"]
+
+log = logging.getLogger("opensocket.udp")
+MAX_DATAGRAM = 65535
+
+
+class _Queue(asyncio.DatagramProtocol):
+    def __init__(self, limit: int) -> None:
+        self.items: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self.limit = limit
+        self.dropped = 0
+        self.errors = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(self.items) >= self.limit:
+            self.items.popleft()
+            self.dropped += 1
+            if self.dropped in (1, 10, 100, 1000) or self.dropped % 10000 == 0:
+                log.warning(
+                    "receive queue full (%d): %d datagrams dropped", self.limit, self.dropped
+                )
+        self.items.append((data, addr))
+        self._wake()
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors += 1
+        log.debug("datagram error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class DatagramEndpoint:
+    """A UDP socket. ``send_to``/``recv_from`` for any peer; ``send``/``recv`` when connected."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, queue: _Queue, remote: Address | None):
+        self._transport = transport
+        self._queue = queue
+        self.remote_address = remote
+        sockname = transport.get_extra_info("sockname")
+        self.local_address = from_sockaddr("udp", sockname)
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams discarded because the receive queue was full."""
+        return self._queue.dropped
+
+    async def send_to(self, data: bytes, addr: tuple[str, int] | str) -> None:
+        """Send one datagram to ``addr`` (a (host, port) pair or a udp:// URL)."""
+        if isinstance(addr, str):
+            parsed = _parse(addr)
+            addr = (parsed.host, parsed.port)
+        self._check(len(data))
+        self._transport.sendto(data, addr)
+        self.datagrams_out += 1
+
+    async def send(self, data: bytes) -> None:
+        """Send one datagram to the connected peer."""
+        if self.remote_address is None:
+            raise OpenSocketError("this endpoint is not connected: use send_to(data, address)")
+        self._check(len(data))
+        self._transport.sendto(data)
+        self.datagrams_out += 1
+
+    def _check(self, size: int) -> None:
+        if self._transport.is_closing():
+            raise ConnectionClosedOK(1000, "the endpoint is closed")
+        if size > MAX_DATAGRAM - 48:
+            raise OpenSocketError(f"a datagram of {size} bytes is larger than UDP allows")
+
+    async def recv_from(self, timeout: float | None = None) -> tuple[bytes, tuple[str, int]]:
+        """Wait for the next datagram; return it with the sender's (host, port)."""
+        queue = self._queue
+        while not queue.items:
+            if queue.closed:
+                raise ConnectionClosedOK(1000, "the endpoint is closed")
+            queue.waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await queue.waiter
+            except TimeoutError:
+                raise ReadTimeout(f"no datagram within {timeout:g}s") from None
+            finally:
+                queue.waiter = None
+        data, addr = queue.items.popleft()
+        self.datagrams_in += 1
+        return data, (str(addr[0]), int(addr[1]))
+
+    async def recv(self, timeout: float | None = None) -> bytes:
+        """Wait for the next datagram and return its bytes."""
+        return (await self.recv_from(timeout))[0]
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._transport.close()
+
+    async def __aenter__(self) -> DatagramEndpoint:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse(url: str) -> Address:
+    from ..address import parse_address
+
+    return parse_address(url, default_scheme="udp", schemes=frozenset({"udp"}))
+
+
+def _connected_socket(addr: Address, opts: SocketOptions) -> socket.socket:
+    literal = literal_info(addr, socket.SOCK_DGRAM)
+    if literal is not None:
+        infos = [literal]
+    else:
+        try:
+            infos = interleave(socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_DGRAM))
+        except socket.gaierror as exc:
+            raise resolution_error(addr, exc) from exc
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    assert error is not None
+    raise connect_error(error, addr, opts.connect_timeout) from error
+
+
+async def open_datagram_endpoint(
+    url: str | Address,
+    *,
+    bind: bool = False,
+    options: SocketOptions | None = None,
+    queue_limit: int = 4096,
+) -> DatagramEndpoint:
+    """Open a UDP endpoint: bound to ``url`` (``bind=True``) or connected to it."""
+    addr = _parse(url) if isinstance(url, str) else url
+    opts = options or SocketOptions()
+    loop = asyncio.get_running_loop()
+    if bind:
+        sock, *extra = bind_sockets(addr, opts, kind=socket.SOCK_DGRAM)
+        for other in extra:  # a name with several addresses: one endpoint uses the first
+            other.close()
+        remote = None
+    else:
+        sock = _connected_socket(addr, opts)
+        remote = addr
+    queue = _Queue(queue_limit)
+    transport, _ = await loop.create_datagram_endpoint(lambda: queue, sock=sock)
+    return DatagramEndpoint(transport, queue, remote)

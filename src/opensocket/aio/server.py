@@ -1,0 +1,343 @@
+"""asyncio servers: framed or raw, with admission control, TLS and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from .. import tls as tlsmod
+from .._log import peer_logger, safe_call
+from .._sockets import bind_sockets, set_stream_options
+from ..address import Address, from_sockaddr
+from ..admission import Admission, Refusal
+from ..errors import CloseCode, ConnectionClosed, OpenSocketError, TLSError, TLSHandshakeError
+from ..hooks import Hooks
+from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
+from ..protocol.connection import Role, encode_close
+from ..protocol.frame import FrameType, frame_bytes
+from ..stats import ServerStats
+from ._framed import Connection, FramedProtocol, client_core
+from .stream import DEFAULT_LINE_LIMIT, Stream
+
+__all__ = ["Server"]
+
+log = logging.getLogger("opensocket.server")
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def _peer_text(sockaddr: Any) -> tuple[str, str | None]:
+    if isinstance(sockaddr, tuple):
+        host = str(sockaddr[0])
+        text = f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+        return text, host
+    return "unix-peer", None
+
+
+class _Acceptor(asyncio.Protocol):
+    """First protocol of every accepted socket: admission, then TLS, then the real protocol."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.server._accepted(cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - replaced before data
+        pass
+
+
+class Server:
+    """A running server. ``addresses`` lists the bound addresses (real ports)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        raw: bool,
+        protocol: ProtocolOptions,
+        options: SocketOptions,
+        limits: ServerLimits,
+        tls: TLSOptions | ssl.SSLContext | None,
+        hooks: Hooks | None,
+        scheme: str,
+    ) -> None:
+        self.handler = handler
+        self.raw = raw
+        self.protocol = protocol
+        self.options = options
+        self.limits = limits
+        self.hooks = hooks or Hooks()
+        self.addresses: list[Address] = []
+        self._ssl = tlsmod.server_context(tls) if tls is not None or scheme == "tls" else None
+        self._scheme = scheme
+        self._admission = Admission(limits)
+        self._servers: list[asyncio.base_events.Server] = []
+        self._unix_paths: list[str] = []
+        self._live: dict[Any, tuple[str | None, asyncio.Task[Any] | None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stats = ServerStats()
+        self._closing = False
+        self._closed = asyncio.get_running_loop().create_future()
+
+    async def _start(self, addr: Address) -> None:
+        loop = asyncio.get_running_loop()
+        socks = bind_sockets(addr, self.options)
+        for sock in socks:
+            srv = await loop.create_server(
+                lambda: _Acceptor(self), sock=sock, backlog=self.options.backlog
+            )
+            self._servers.append(srv)
+            bound = from_sockaddr(addr.scheme, sock.getsockname())
+            self.addresses.append(bound.with_scheme(addr.scheme) if not bound.is_unix else bound)
+        if addr.is_unix and not addr.is_abstract:
+            self._unix_paths.append(addr.path)
+        log.info("listening on %s", ", ".join(map(str, self.addresses)))
+
+    # ---- accepting -------------------------------------------------------------------------
+
+    def _accepted(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        peer, ip = _peer_text(transport.get_extra_info("peername"))
+        self._stats.accepted += 1
+        refusal = (
+            Refusal(CloseCode.GOING_AWAY, "server is shutting down")
+            if self._closing
+            else self._admission.admit(ip, loop.time())
+        )
+        if refusal is not None:
+            self._refuse(transport, peer, refusal)
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                set_stream_options(sock, self.options)
+        if self._ssl is None:
+            self._attach(transport, peer, ip, tls=False)
+        else:
+            task = loop.create_task(self._start_tls(transport, peer, ip))
+            self._track(task)
+
+    def _refuse(self, transport: asyncio.Transport, peer: str, refusal: Refusal) -> None:
+        self._stats.dropped[CloseCode.describe(refusal.code)] += 1
+        log.warning("[%s] refused: %s", peer, refusal.reason)
+        if not self.raw and self._ssl is None:
+            transport.write(
+                frame_bytes(FrameType.ERROR, encode_close(refusal.code, refusal.reason))
+            )
+        transport.close()
+
+    async def _start_tls(self, transport: asyncio.Transport, peer: str, ip: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._ssl is not None
+        try:
+            new = await loop.start_tls(
+                transport,
+                transport.get_protocol(),
+                self._ssl,
+                server_side=True,
+                ssl_handshake_timeout=self.limits.handshake_timeout,
+            )
+        except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
+            error: TLSError = tlsmod.tls_error(exc, peer, server_side=True)
+            if isinstance(exc, TimeoutError):
+                error = TLSHandshakeError(f"{peer} did not complete TLS in time")
+            transport.abort()
+            self._handshake_failed(peer, ip, error)
+            return
+        if new is None:  # pragma: no cover - start_tls returns None only when closing
+            self._admission.release(ip)
+            return
+        self._attach(new, peer, ip, tls=True)
+
+    def _handshake_failed(self, peer: str, ip: str | None, error: BaseException) -> None:
+        self._admission.release(ip)
+        self._stats.handshakes_failed += 1
+        self._stats.dropped["handshake failed"] += 1
+        log.warning("[%s] handshake failed: %s", peer, error)
+        safe_call(self.hooks.on_handshake_failed, peer, error)
+
+    def _attach(
+        self, transport: asyncio.Transport, peer: str, ip: str | None, *, tls: bool
+    ) -> None:
+        if self.raw:
+            self._attach_raw(transport, peer, ip)
+            return
+        loop = asyncio.get_running_loop()
+        core = client_core(
+            Role.SERVER, self.protocol, loop=loop, tls=tls, idle=self.limits.idle_timeout
+        )
+        proto = FramedProtocol(
+            core,
+            peer=peer,
+            write_timeout=self.limits.stuck_timeout,
+            hooks=self.hooks,
+            on_ready=self._ready,
+            on_closed=self._closed_proto,
+        )
+        self._live[proto] = (ip, None)
+        transport.set_write_buffer_limits(high=self.limits.send_buffer_limit)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+
+    def _ready(self, proto: FramedProtocol) -> None:
+        transport = proto.transport
+        assert transport is not None
+        local = _peer_text(transport.get_extra_info("sockname"))[0]
+        conn = Connection(proto, local, proto.peer)
+        safe_call(self.hooks.on_connect, conn)
+        task = asyncio.get_running_loop().create_task(self._run(conn, proto))
+        ip = self._live.get(proto, (None, None))[0]
+        self._live[proto] = (ip, task)
+        self._track(task)
+
+    async def _run(self, conn: Connection, proto: FramedProtocol) -> None:
+        try:
+            await self.handler(conn)
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            proto.close(CloseCode.GOING_AWAY, "server shutting down")
+            raise
+        except Exception as exc:
+            proto.log.exception("handler failed")
+            proto.errors += 1
+            proto.close(CloseCode.INTERNAL_ERROR, f"internal server error: {type(exc).__name__}")
+            return
+        if not conn.closed:
+            await conn.close()
+
+    def _closed_proto(self, proto: FramedProtocol) -> None:
+        ip, _task = self._live.pop(proto, (None, None))
+        self._admission.release(ip)
+        term = proto.core.terminated
+        self._stats.add_connection(proto.stats())
+        if proto.connection is None:
+            error = (
+                term.error if term and term.error else OpenSocketError(term.reason if term else "")
+            )
+            self._stats.handshakes_failed += 1
+            safe_call(self.hooks.on_handshake_failed, proto.peer, error)
+        if term is not None and term.code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+            self._stats.dropped[CloseCode.describe(term.code)] += 1
+
+    def _attach_raw(self, transport: asyncio.Transport, peer: str, ip: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=DEFAULT_LINE_LIMIT, loop=loop)
+        proto = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport.set_write_buffer_limits(high=self.limits.send_buffer_limit)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, proto, reader, loop)
+        stream = Stream(
+            reader,
+            writer,
+            read_timeout=self.limits.idle_timeout,
+            write_timeout=self.limits.stuck_timeout,
+        )
+        task = loop.create_task(self._run_raw(stream, peer, ip))
+        self._live[stream] = (ip, task)
+        self._track(task)
+
+    async def _run_raw(self, stream: Stream, peer: str, ip: str | None) -> None:
+        plog = peer_logger("server", peer)
+        try:
+            await self.handler(stream)
+        except (ConnectionClosed, ConnectionError):
+            pass
+        except OpenSocketError as exc:
+            plog.info("dropped: %s", exc)
+            self._stats.dropped[type(exc).__name__] += 1
+        except Exception:
+            plog.exception("handler failed")
+            self._stats.errors += 1
+        finally:
+            self._live.pop(stream, None)
+            self._admission.release(ip)
+            self._stats.bytes_in += stream.bytes_in
+            self._stats.bytes_out += stream.bytes_out
+            await stream.close()
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- public ----------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> ServerStats:
+        """Counters: accepted, active, bytes/messages in and out, drops by reason."""
+        snap = ServerStats(
+            accepted=self._stats.accepted,
+            handshakes_failed=self._stats.handshakes_failed,
+            errors=self._stats.errors,
+            dropped=self._stats.dropped.copy(),
+        )
+        snap.bytes_in, snap.bytes_out = self._stats.bytes_in, self._stats.bytes_out
+        snap.messages_in, snap.messages_out = self._stats.messages_in, self._stats.messages_out
+        snap.active = len(self._live)
+        for item in list(self._live):
+            if isinstance(item, FramedProtocol):
+                snap.add_connection(item.stats())
+        return snap
+
+    @property
+    def url(self) -> str:
+        """The first bound address as a URL (handy with port 0)."""
+        return str(self.addresses[0])
+
+    async def serve_forever(self) -> None:
+        """Run until ``close()`` is called or the task is cancelled."""
+        try:
+            await asyncio.shield(self._closed)
+        except asyncio.CancelledError:
+            await self.close()
+            raise
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop accepting, let handlers finish up to ``timeout`` (default shutdown_grace),
+        then close the remaining connections with 'going away'."""
+        if self._closing:
+            await asyncio.shield(self._closed)
+            return
+        self._closing = True
+        grace = self.limits.shutdown_grace if timeout is None else timeout
+        for srv in self._servers:
+            srv.close()
+        for path in self._unix_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        handlers = {t for _, t in self._live.values() if t is not None}
+        if handlers and grace > 0:
+            await asyncio.wait(handlers, timeout=grace)
+        for item in list(self._live):
+            if isinstance(item, FramedProtocol):
+                item.close(CloseCode.GOING_AWAY, "server shutting down")
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.protocol.close_timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+        for item in list(self._live):
+            if isinstance(item, FramedProtocol) and item.transport is not None:
+                item.transport.abort()
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await srv.wait_closed()
+        if not self._closed.done():
+            self._closed.set_result(None)
+        log.info("server on %s closed", ", ".join(map(str, self.addresses)))
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Server {', '.join(map(str, self.addresses))}>"

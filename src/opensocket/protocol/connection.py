@@ -1,0 +1,565 @@
+"""The framed connection: one sans-IO state machine for both client and server.
+
+How it works: bytes from the socket go in through ``get_buffer``/``buffer_updated`` (or
+``receive_data``); message payloads collect in the decoder's list (``take_messages``), other
+happenings become events (``events``), and everything to write collects in one buffer
+(``data_to_send``). Time only ever comes in as the ``now`` argument; ``get_timer`` tells when
+``handle_timer`` must be called next (handshake deadline, heartbeat tick, close deadline).
+
+States and the frames each accepts (the same table for both roles)::
+
+    HANDSHAKE  (server awaits HELLO, then AUTH; client awaits WELCOME, then AUTH_OK)
+       │ handshake frames, ERROR, CLOSE
+       ▼
+    OPEN       DATA, PING, PONG, CLOSE, ERROR
+       │ close()                      ← CLOSE from the peer goes straight to CLOSED
+       ▼
+    CLOSING    DATA, PING, PONG, CLOSE, ERROR   (waits for the peer's CLOSE)
+       ▼
+    CLOSED     terminal: input is ignored, ConnectionTerminated was emitted once
+
+Any protocol violation queues an ERROR frame and moves to CLOSED.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from enum import Enum
+from typing import Final
+
+from crc32c import crc32c
+
+from ..errors import (
+    AuthenticationFailed,
+    CloseCode,
+    ConnectionClosed,
+    ConnectionRejected,
+    FrameTooLarge,
+    HandshakeError,
+    HandshakeTimeout,
+    NegotiationFailed,
+    OpenSocketError,
+    ProtocolError,
+    UnexpectedFrame,
+    closed_error,
+)
+from ..options import ProtocolOptions
+from . import handshake as hs
+from .decoder import FrameDecoder
+from .events import ConnectionTerminated, Event, HandshakeComplete, PongReceived
+from .frame import (
+    CHECKSUM,
+    DATA,
+    HEAD,
+    HEADER,
+    MAGIC_VERSION,
+    TAIL,
+    Frame,
+    FrameType,
+    encode_frame,
+)
+
+__all__ = ["FramedConnection", "Role", "State"]
+
+_CODE: Final = struct.Struct(">H")
+_STAMP: Final = struct.Struct(">d")
+MAX_REASON: Final = 1024
+
+
+class Role(Enum):
+    """Which end of the connection this is."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(Enum):
+    """Connection states (see the module docstring)."""
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Step(Enum):
+    """Where the handshake is."""
+
+    AWAIT_HELLO = 1
+    AWAIT_WELCOME = 2
+    AWAIT_AUTH = 3
+    AWAIT_AUTH_OK = 4
+    DONE = 5
+
+
+_HS = frozenset({FrameType.ERROR, FrameType.CLOSE})
+_OPEN = frozenset({FrameType.PING, FrameType.PONG, FrameType.CLOSE, FrameType.ERROR})
+ALLOWED: Final[dict[Step, frozenset[int]]] = {
+    Step.AWAIT_HELLO: _HS | {FrameType.HELLO},
+    Step.AWAIT_WELCOME: _HS | {FrameType.WELCOME},
+    Step.AWAIT_AUTH: _HS | {FrameType.AUTH},
+    Step.AWAIT_AUTH_OK: _HS | {FrameType.AUTH_OK},
+    Step.DONE: _OPEN,
+}
+
+_PEER_ERRORS: Final[dict[int, type[OpenSocketError]]] = {
+    CloseCode.AUTH_FAILED: AuthenticationFailed,
+    CloseCode.AUTH_REQUIRED: AuthenticationFailed,
+    CloseCode.NEGOTIATION_FAILED: NegotiationFailed,
+    CloseCode.HANDSHAKE_FAILED: HandshakeError,
+    CloseCode.HANDSHAKE_TIMEOUT: HandshakeTimeout,
+}
+_REJECTIONS: Final = frozenset(
+    {
+        CloseCode.POLICY,
+        CloseCode.CONNECTION_LIMIT,
+        CloseCode.RATE_LIMITED,
+        CloseCode.ACCESS_DENIED,
+        CloseCode.GOING_AWAY,
+    }
+)
+
+
+def encode_close(code: int, reason: str) -> bytes:
+    """Body of a CLOSE or ERROR frame: a 2-byte code and a UTF-8 reason."""
+    return _CODE.pack(code) + reason.encode()[:MAX_REASON]
+
+
+def decode_close(body: bytes) -> tuple[int, str]:
+    """Parse a CLOSE or ERROR body; an empty body means 'no code'."""
+    if not body:
+        return CloseCode.NO_CODE, ""
+    if len(body) < 2:
+        raise ProtocolError("a CLOSE or ERROR frame body must start with a 2-byte code")
+    return _CODE.unpack_from(body)[0], body[2:].decode(errors="replace")
+
+
+def peer_error(code: int, message: str, *, during_handshake: bool) -> OpenSocketError:
+    """The exception that stands for an ERROR frame the peer sent us."""
+    if code in _REJECTIONS and during_handshake:
+        return ConnectionRejected(f"the server refused the connection: {message}", code)
+    cls = _PEER_ERRORS.get(code)
+    if cls is not None:
+        return cls(f"the peer reported: {message}")
+    return ProtocolError(f"the peer reported a protocol error ({code}): {message}", code)
+
+
+class FramedConnection:
+    """The framed protocol, sans I/O. See the module docstring for the state machine."""
+
+    def __init__(
+        self,
+        role: Role,
+        options: ProtocolOptions | None = None,
+        *,
+        now: float,
+        tls: bool = False,
+        idle_timeout: float | None = None,
+        scratch: bytearray | None = None,
+        nonce: bytes | None = None,
+    ) -> None:
+        self.role = role
+        self.options = opts = options or ProtocolOptions()
+        self.tls = tls
+        self.state = State.HANDSHAKE
+        self.step = Step.AWAIT_WELCOME if role is Role.CLIENT else Step.AWAIT_HELLO
+        self.agreement: hs.Agreement | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.terminated: ConnectionTerminated | None = None
+        self.rtt: float | None = None
+        self.bytes_in = self.bytes_out = 0
+        self.messages_in = self.messages_out = 0
+        self._decoder = FrameDecoder(opts.max_frame_size, scratch=scratch)
+        self._out = bytearray()
+        self._events: list[Event] = []
+        self._checksum = True
+        self._peer_max = opts.max_frame_size
+        self._nonce = nonce if nonce is not None else os.urandom(hs.NONCE_SIZE)
+        self._peer_nonce = b""
+        self._hello = b""
+        self._welcome = b""
+        self._idle_timeout = idle_timeout
+        self._deadline: float | None = now + opts.handshake_timeout
+        self._tick: float | None = None
+        self._interval = 0.0
+        self._seen = (0, 0, 0)
+        self._heard = now
+        self._active = now
+        if role is Role.CLIENT:
+            self._hello = hs.build_hello(opts, tls=tls, nonce=self._nonce)
+            self._send_control(FrameType.HELLO, self._hello)
+
+    # ---- input -------------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Memory to read into (see FrameDecoder.get_buffer)."""
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int, now: float) -> None:
+        """Process ``nbytes`` just read into the buffer from ``get_buffer``."""
+        if self.state is State.CLOSED:
+            return
+        self.bytes_in += nbytes
+        try:
+            self._decoder.buffer_updated(nbytes)
+            self._after_decode(now)
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Process bytes from the peer; ``b""`` means the peer closed its side (EOF)."""
+        if not data:
+            self.receive_eof(now)
+            return
+        if self.state is State.CLOSED:
+            return
+        self.bytes_in += len(data)
+        try:
+            self._decoder.feed(data)
+            self._after_decode(now)
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def receive_eof(self, now: float) -> None:
+        """The peer closed its side of the transport."""
+        if self.state is State.CLOSED:
+            return
+        pending = self._decoder.buffered
+        if self.state is State.CLOSING:
+            self._terminate(self.close_code or CloseCode.NORMAL, self.close_reason, by_peer=False)
+        elif self.state is State.HANDSHAKE:
+            self._terminate(
+                CloseCode.ABNORMAL,
+                "closed during the handshake",
+                by_peer=True,
+                error=HandshakeError(
+                    "the peer closed the connection during the handshake: is it an opensocket "
+                    "endpoint, does it require TLS (tls://), or did it reject us?"
+                ),
+            )
+        elif pending:
+            self._terminate(
+                CloseCode.ABNORMAL,
+                f"truncated frame: the peer closed the connection {pending} bytes into a frame",
+                by_peer=True,
+                error=ProtocolError("truncated frame at end of stream"),
+            )
+        else:
+            self._terminate(
+                CloseCode.ABNORMAL,
+                "the peer closed the connection without a close frame",
+                by_peer=True,
+            )
+
+    def take_messages(self) -> list[bytes | Frame]:
+        """Remove and return the message payloads received so far, in order."""
+        decoder = self._decoder
+        messages = decoder.messages
+        if messages:
+            decoder.messages = []
+            self.messages_in += len(messages)
+        return messages
+
+    def events(self) -> list[Event]:
+        """Remove and return the events produced so far."""
+        events = self._events
+        self._events = []
+        return events
+
+    # ---- output ------------------------------------------------------------------------
+
+    def send(self, payload: bytes | bytearray | memoryview) -> None:
+        """Queue one message. Raises ConnectionClosed unless open, FrameTooLarge if too big."""
+        if self.state is not State.OPEN:
+            raise self.closed_exception()
+        size = len(payload)
+        if size > self._peer_max:
+            raise FrameTooLarge(
+                f"a message of {size} bytes exceeds the peer's maximum frame size "
+                f"of {self._peer_max} bytes"
+            )
+        out = self._out
+        if self._checksum:
+            tail = TAIL.pack(DATA, CHECKSUM, 0, size)
+            out += HEAD.pack(MAGIC_VERSION, crc32c(payload, crc32c(tail)))
+            out += tail
+        else:
+            out += HEADER.pack(MAGIC_VERSION, 0, DATA, 0, 0, size)
+        out += payload
+        self.messages_out += 1
+
+    def send_many(self, payloads: list[bytes] | tuple[bytes, ...]) -> None:
+        """Queue several messages at once."""
+        send = self.send
+        for payload in payloads:
+            send(payload)
+
+    def data_to_send(self) -> bytearray:
+        """Remove and return everything queued for the socket."""
+        out = self._out
+        if out:
+            self._out = bytearray()
+            self.bytes_out += len(out)
+        return out
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued and not yet taken by ``data_to_send``."""
+        return len(self._out)
+
+    def ping(self, now: float) -> None:
+        """Send a heartbeat ping now (its PONG yields a PongReceived with the round trip)."""
+        if self.state in (State.OPEN, State.CLOSING):
+            self._send_control(FrameType.PING, _STAMP.pack(now))
+
+    def close(self, now: float, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start a graceful close: queue CLOSE and wait for the peer's CLOSE."""
+        if self.state is State.OPEN:
+            self._send_control(FrameType.CLOSE, encode_close(code, reason))
+            self.state = State.CLOSING
+            self.close_code, self.close_reason = code, reason
+            self._deadline = now + self.options.close_timeout
+        elif self.state is State.HANDSHAKE:
+            self._send_control(FrameType.CLOSE, encode_close(code, reason))
+            self._terminate(code, reason, by_peer=False)
+
+    def fail(self, error: OpenSocketError, code: int = CloseCode.ABNORMAL) -> None:
+        """The runtime lost the transport or gave up (write timeout, slow peer)."""
+        if self.state is not State.CLOSED:
+            self._terminate(code, str(error), by_peer=False, error=error)
+
+    def reject(self, code: int, reason: str) -> None:
+        """Refuse the connection (server policy): send ERROR and close at once."""
+        self._send_control(FrameType.ERROR, encode_close(code, reason))
+        self._terminate(code, reason, by_peer=False)
+
+    def closed_exception(self) -> OpenSocketError:
+        """The exception a send or receive on this connection raises now."""
+        term = self.terminated
+        if term is None:
+            if self.state is State.HANDSHAKE:
+                return HandshakeError("the handshake has not finished yet")
+            return closed_error(self.close_code or CloseCode.NORMAL, self.close_reason)
+        if term.error is not None and not isinstance(term.error, ConnectionClosed):
+            err = closed_error(term.code, term.reason, by_peer=term.by_peer)
+            err.__cause__ = term.error
+            return err
+        return closed_error(term.code, term.reason, by_peer=term.by_peer)
+
+    # ---- timers ------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must next be called, or None."""
+        if self.state is State.CLOSED:
+            return None
+        if self._deadline is not None and self._tick is not None:
+            return min(self._deadline, self._tick)
+        return self._deadline if self._deadline is not None else self._tick
+
+    def handle_timer(self, now: float) -> None:
+        """Fire whatever is due: handshake or close deadline, heartbeat, idle timeout."""
+        if self.state is State.CLOSED:
+            return
+        if self._deadline is not None and now >= self._deadline:
+            if self.state is State.HANDSHAKE:
+                limit = self.options.handshake_timeout
+                self._fail(HandshakeTimeout(f"the handshake did not complete within {limit:g}s"))
+            else:
+                self._terminate(
+                    self.close_code or CloseCode.NORMAL,
+                    self.close_reason or "the peer did not answer our close in time",
+                    by_peer=False,
+                )
+            return
+        if self._tick is not None and now >= self._tick:
+            self._on_tick(now)
+
+    def _on_tick(self, now: float) -> None:
+        seen = (
+            self.bytes_in,
+            self.bytes_out + len(self._out),
+            self.messages_in + self.messages_out,
+        )
+        old_in, old_out, old_msgs = self._seen
+        self._seen = seen
+        if seen[0] != old_in:
+            self._heard = now
+        if seen[2] != old_msgs:
+            self._active = now
+        interval = self._interval
+        if interval:
+            silent = now - self._heard
+            misses = self.options.heartbeat_misses
+            if silent >= interval * misses:
+                self._terminate(
+                    CloseCode.HEARTBEAT_TIMEOUT,
+                    f"nothing heard from the peer for {silent:.1f}s ({misses} heartbeats): "
+                    "declared dead",
+                    by_peer=False,
+                )
+                return
+            if seen[1] == old_out:
+                self.ping(now)
+                self._seen = (seen[0], seen[1] + len(self._out), seen[2])
+        idle = self._idle_timeout
+        if idle is not None and self.state is State.OPEN and now - self._active >= idle:
+            self.close(now, CloseCode.IDLE_TIMEOUT, f"idle for {idle:g}s")
+            return
+        self._tick = now + self._tick_period()
+
+    def _tick_period(self) -> float:
+        periods = [p for p in (self._interval, (self._idle_timeout or 0) / 4) if p]
+        return min(periods)
+
+    # ---- frame handling ----------------------------------------------------------------
+
+    def _after_decode(self, now: float) -> None:
+        decoder = self._decoder
+        while decoder.frames:
+            frames = decoder.frames
+            decoder.frames = []
+            for index, frame in frames:
+                if self.state is State.HANDSHAKE and index:
+                    raise UnexpectedFrame("a message arrived before the handshake completed")
+                self._handle(frame, now)
+                if self.state is State.CLOSED:
+                    return
+            decoder.decode_pending()
+        if self.state is State.HANDSHAKE and decoder.messages:
+            raise UnexpectedFrame("a message arrived before the handshake completed")
+
+    def _handle(self, frame: Frame, now: float) -> None:
+        ftype = frame.type
+        if ftype not in ALLOWED[self.step]:
+            name = FrameType(ftype).name if ftype in FrameType._value2member_map_ else hex(ftype)
+            raise UnexpectedFrame(f"unexpected {name} frame in state {self.step.name.lower()}")
+        if ftype == FrameType.PING:
+            self._send_control(FrameType.PONG, frame.payload[:64])
+        elif ftype == FrameType.PONG:
+            if len(frame.payload) == _STAMP.size:
+                self.rtt = max(now - _STAMP.unpack(frame.payload)[0], 0.0)
+                self._events.append(PongReceived(self.rtt))
+        elif ftype == FrameType.CLOSE:
+            self._on_close(frame, now)
+        elif ftype == FrameType.ERROR:
+            code, message = decode_close(frame.payload)
+            during = self.state is State.HANDSHAKE
+            error = peer_error(code, message, during_handshake=during)
+            self._terminate(code, message, by_peer=True, error=error)
+        elif ftype == FrameType.HELLO:
+            self._on_hello(frame.payload, now)
+        elif ftype == FrameType.WELCOME:
+            self._on_welcome(frame.payload, now)
+        elif ftype == FrameType.AUTH:
+            self._on_auth(frame.payload, now)
+        else:
+            self._open(now)
+
+    def _on_close(self, frame: Frame, now: float) -> None:
+        code, reason = decode_close(frame.payload)
+        if self.state is State.CLOSING:
+            self._terminate(self.close_code or code, self.close_reason, by_peer=False)
+            return
+        self._send_control(FrameType.CLOSE, encode_close(code, ""))
+        self._terminate(code, reason, by_peer=True)
+
+    def _on_hello(self, body: bytes, now: float) -> None:
+        self._hello = body
+        hello = hs.load(body, "HELLO")
+        opts = self.options
+        offered = hello.get("auth")
+        if opts.secret is not None and offered != "hmac-sha256":
+            raise AuthenticationFailed(
+                "this server requires a shared secret and the client offered none",
+                CloseCode.AUTH_REQUIRED,
+            )
+        welcome, self.agreement = hs.negotiate(opts, hello, tls=self.tls)
+        if opts.secret is not None:
+            self._peer_nonce = hs.nonce_of(hello, "HELLO")
+            welcome["nonce"] = self._nonce.hex()
+            welcome["proof"] = hs.server_proof(
+                opts.secret, self._peer_nonce, self._nonce, body
+            ).hex()
+        self._welcome = hs.dump(welcome)
+        self._send_control(FrameType.WELCOME, self._welcome)
+        if opts.secret is None:
+            self._open(now)
+        else:
+            self.step = Step.AWAIT_AUTH
+
+    def _on_welcome(self, body: bytes, now: float) -> None:
+        welcome = hs.load(body, "WELCOME")
+        self.agreement = hs.accept_welcome(self.options, welcome)
+        secret = self.options.secret
+        if secret is None:
+            self._open(now)
+            return
+        if "proof" not in welcome:
+            raise AuthenticationFailed(
+                "the server did not authenticate itself, but we hold a shared secret: "
+                "refusing to talk to a server that does not know it"
+            )
+        server_nonce = hs.nonce_of(welcome, "WELCOME")
+        expected = hs.server_proof(secret, self._nonce, server_nonce, self._hello)
+        hs.verify(expected, welcome.get("proof"), "server")
+        proof = hs.client_proof(secret, self._nonce, server_nonce, self._hello, body)
+        self._send_control(FrameType.AUTH, hs.dump({"proof": proof.hex()}))
+        self.step = Step.AWAIT_AUTH_OK
+
+    def _on_auth(self, body: bytes, now: float) -> None:
+        secret = self.options.secret
+        assert secret is not None
+        auth = hs.load(body, "AUTH")
+        expected = hs.client_proof(
+            secret, self._peer_nonce, self._nonce, self._hello, self._welcome
+        )
+        hs.verify(expected, auth.get("proof"), "client")
+        self._send_control(FrameType.AUTH_OK, b"")
+        self._open(now)
+
+    def _open(self, now: float) -> None:
+        agreement = self.agreement
+        assert agreement is not None
+        self.state = State.OPEN
+        self.step = Step.DONE
+        self._deadline = None
+        self._checksum = agreement.checksum
+        self._decoder.require_checksum = agreement.checksum
+        self._peer_max = agreement.peer_max_frame_size
+        self._interval = agreement.heartbeat
+        self._heard = self._active = now
+        self._seen = (self.bytes_in, self.bytes_out + len(self._out), 0)
+        if self._interval or self._idle_timeout:
+            self._tick = now + self._tick_period()
+        self._events.append(
+            HandshakeComplete(
+                peer_name=agreement.peer_name,
+                codec=agreement.codec,
+                heartbeat=agreement.heartbeat,
+                checksum=agreement.checksum,
+                authenticated=agreement.authenticated,
+            )
+        )
+
+    # ---- endings -----------------------------------------------------------------------
+
+    def _send_control(self, ftype: int, body: bytes) -> None:
+        encode_frame(self._out, ftype, body, checksum=True)
+
+    def _fail(self, error: ProtocolError) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._send_control(FrameType.ERROR, encode_close(error.code, str(error)))
+        self._terminate(error.code, str(error), by_peer=False, error=error)
+
+    def _terminate(
+        self, code: int, reason: str, *, by_peer: bool, error: OpenSocketError | None = None
+    ) -> None:
+        self.state = State.CLOSED
+        self.step = Step.DONE
+        self._deadline = self._tick = None
+        self.close_code, self.close_reason = code, reason
+        self.terminated = ConnectionTerminated(code, reason, by_peer, error)
+        self._events.append(self.terminated)
