@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run every quality gate and the tests.
+# Usage: bash scripts/test.sh [extra pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use as real peers. A missing tool is a failure, never a skip.
+need=()
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${need[*]} with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "the tests need these Debian packages: ${need[*]} (sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi
+
+python -m pip install -q -e '.[dev]'
+
+echo "== ruff check";         python -m ruff check src tests bench
+echo "== ruff format --check"; python -m ruff format --check src tests bench
+echo "== mypy --strict";      python -m mypy src
+echo "== pytest"
+python -m pytest -p no:cacheprovider --timeout=120 \
+  --cov=opensocket --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=90 "$@"
