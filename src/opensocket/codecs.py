@@ -49,7 +49,7 @@ class Codec:
 
 
 def _json_encode(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _msgpack() -> Codec:

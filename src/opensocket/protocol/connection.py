@@ -23,8 +23,10 @@ Any protocol violation queues an ERROR frame and moves to CLOSED.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
+from collections.abc import Sequence
 from enum import Enum
 from typing import Final
 
@@ -33,6 +35,7 @@ from crc32c import crc32c
 from ..errors import (
     AuthenticationFailed,
     CloseCode,
+    ConfigError,
     ConnectionClosed,
     ConnectionRejected,
     FrameTooLarge,
@@ -49,14 +52,12 @@ from . import handshake as hs
 from .decoder import FrameDecoder
 from .events import ConnectionTerminated, Event, HandshakeComplete, PongReceived
 from .frame import (
-    CHECKSUM,
-    DATA,
-    HEAD,
-    HEADER,
+    DATA_HEADER,
     MAGIC_VERSION,
-    TAIL,
     Frame,
     FrameType,
+    cached_data_tail,
+    data_tail,
     encode_frame,
 )
 
@@ -65,6 +66,7 @@ __all__ = ["FramedConnection", "Role", "State"]
 _CODE: Final = struct.Struct(">H")
 _STAMP: Final = struct.Struct(">d")
 MAX_REASON: Final = 1024
+EARLY_MESSAGE: Final = "a message arrived before the handshake completed"
 
 
 class Role(Enum):
@@ -121,9 +123,13 @@ _REJECTIONS: Final = frozenset(
 )
 
 
-def encode_close(code: int, reason: str) -> bytes:
-    """Body of a CLOSE or ERROR frame: a 2-byte code and a UTF-8 reason."""
-    return _CODE.pack(code) + reason.encode()[:MAX_REASON]
+def encode_close(code: int, reason: str, limit: int = MAX_REASON) -> bytes:
+    """Body of a CLOSE or ERROR frame: a 2-byte code and a UTF-8 reason of at most ``limit``
+    bytes (cut at a character boundary)."""
+    text = reason.encode()
+    if len(text) > limit:
+        text = text[:limit].decode(errors="ignore").encode()
+    return _CODE.pack(code) + text
 
 
 def decode_close(body: bytes) -> tuple[int, str]:
@@ -171,11 +177,13 @@ class FramedConnection:
         self.rtt: float | None = None
         self.bytes_in = self.bytes_out = 0
         self.messages_in = self.messages_out = 0
-        self._decoder = FrameDecoder(opts.max_frame_size, scratch=scratch)
+        # Until the handshake is done only small control frames may arrive: a client that
+        # has not even said HELLO must not make us buffer a max_frame_size body.
+        self._decoder = FrameDecoder(hs.MAX_HANDSHAKE_BODY, scratch=scratch)
         self._out = bytearray()
         self._events: list[Event] = []
         self._checksum = True
-        self._peer_max = opts.max_frame_size
+        self._peer_max = hs.MAX_HANDSHAKE_BODY
         self._nonce = nonce if nonce is not None else os.urandom(hs.NONCE_SIZE)
         self._peer_nonce = b""
         self._hello = b""
@@ -235,8 +243,12 @@ class FramedConnection:
                 "closed during the handshake",
                 by_peer=True,
                 error=HandshakeError(
-                    "the peer closed the connection during the handshake: is it an opensocket "
-                    "endpoint, does it require TLS (tls://), or did it reject us?"
+                    "the peer closed the connection right after the TLS handshake: does it "
+                    "require a client certificate (mutual TLS) or reject ours, or is it not "
+                    "an opensocket endpoint?"
+                    if self.tls and self.role is Role.CLIENT
+                    else "the peer closed the connection during the handshake: is it an "
+                    "opensocket endpoint, does it require TLS (tls://), or did it reject us?"
                 ),
             )
         elif pending:
@@ -276,25 +288,47 @@ class FramedConnection:
             raise self.closed_exception()
         size = len(payload)
         if size > self._peer_max:
-            raise FrameTooLarge(
-                f"a message of {size} bytes exceeds the peer's maximum frame size "
-                f"of {self._peer_max} bytes"
-            )
+            raise self._too_large(size)
+        entry = cached_data_tail(size) or data_tail(size)
         out = self._out
         if self._checksum:
-            tail = TAIL.pack(DATA, CHECKSUM, 0, size)
-            out += HEAD.pack(MAGIC_VERSION, crc32c(payload, crc32c(tail)))
-            out += tail
+            out += DATA_HEADER.pack(MAGIC_VERSION, crc32c(payload, entry[1]), entry[0])
         else:
-            out += HEADER.pack(MAGIC_VERSION, 0, DATA, 0, 0, size)
+            out += entry[2]
         out += payload
         self.messages_out += 1
 
-    def send_many(self, payloads: list[bytes] | tuple[bytes, ...]) -> None:
-        """Queue several messages at once."""
-        send = self.send
-        for payload in payloads:
-            send(payload)
+    def send_many(self, payloads: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Queue several messages at once; all or none (a too-large one raises first)."""
+        if self.state is not State.OPEN:
+            raise self.closed_exception()
+        if not payloads:
+            return
+        sizes = list(map(len, payloads))
+        largest = max(sizes)
+        if largest > self._peer_max:
+            raise self._too_large(largest)
+        parts: list[bytes | bytearray | memoryview] = []
+        append = parts.append
+        get = cached_data_tail
+        if self._checksum:
+            pack = DATA_HEADER.pack
+            for payload, size in zip(payloads, sizes, strict=True):
+                entry = get(size) or data_tail(size)
+                append(pack(MAGIC_VERSION, crc32c(payload, entry[1]), entry[0]))
+                append(payload)
+        else:
+            for payload, size in zip(payloads, sizes, strict=True):
+                append((get(size) or data_tail(size))[2])
+                append(payload)
+        self._out += b"".join(parts)
+        self.messages_out += len(sizes)
+
+    def _too_large(self, size: int) -> FrameTooLarge:
+        return FrameTooLarge(
+            f"a message of {size} bytes exceeds the peer's maximum frame size "
+            f"of {self._peer_max} bytes"
+        )
 
     def data_to_send(self) -> bytearray:
         """Remove and return everything queued for the socket."""
@@ -316,13 +350,15 @@ class FramedConnection:
 
     def close(self, now: float, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start a graceful close: queue CLOSE and wait for the peer's CLOSE."""
+        if not 1000 <= code <= 4999:
+            raise ConfigError(f"close code {code} is outside 1000-4999 (see CloseCode)")
         if self.state is State.OPEN:
-            self._send_control(FrameType.CLOSE, encode_close(code, reason))
+            self._send_control(FrameType.CLOSE, self._close_body(code, reason))
             self.state = State.CLOSING
             self.close_code, self.close_reason = code, reason
             self._deadline = now + self.options.close_timeout
         elif self.state is State.HANDSHAKE:
-            self._send_control(FrameType.CLOSE, encode_close(code, reason))
+            self._send_control(FrameType.CLOSE, self._close_body(code, reason))
             self._terminate(code, reason, by_peer=False)
 
     def fail(self, error: OpenSocketError, code: int = CloseCode.ABNORMAL) -> None:
@@ -332,7 +368,9 @@ class FramedConnection:
 
     def reject(self, code: int, reason: str) -> None:
         """Refuse the connection (server policy): send ERROR and close at once."""
-        self._send_control(FrameType.ERROR, encode_close(code, reason))
+        if self.state is State.CLOSED:
+            return
+        self._send_control(FrameType.ERROR, self._close_body(code, reason))
         self._terminate(code, reason, by_peer=False)
 
     def closed_exception(self) -> OpenSocketError:
@@ -402,11 +440,10 @@ class FramedConnection:
                 return
             if seen[1] == old_out:
                 self.ping(now)
-                self._seen = (seen[0], seen[1] + len(self._out), seen[2])
+                self._seen = (seen[0], self.bytes_out + len(self._out), seen[2])
         idle = self._idle_timeout
         if idle is not None and self.state is State.OPEN and now - self._active >= idle:
             self.close(now, CloseCode.IDLE_TIMEOUT, f"idle for {idle:g}s")
-            return
         self._tick = now + self._tick_period()
 
     def _tick_period(self) -> float:
@@ -422,13 +459,13 @@ class FramedConnection:
             decoder.frames = []
             for index, frame in frames:
                 if self.state is State.HANDSHAKE and index:
-                    raise UnexpectedFrame("a message arrived before the handshake completed")
+                    raise UnexpectedFrame(EARLY_MESSAGE)
                 self._handle(frame, now)
                 if self.state is State.CLOSED:
                     return
             decoder.decode_pending()
         if self.state is State.HANDSHAKE and decoder.messages:
-            raise UnexpectedFrame("a message arrived before the handshake completed")
+            raise UnexpectedFrame(EARLY_MESSAGE)
 
     def _handle(self, frame: Frame, now: float) -> None:
         ftype = frame.type
@@ -439,8 +476,10 @@ class FramedConnection:
             self._send_control(FrameType.PONG, frame.payload[:64])
         elif ftype == FrameType.PONG:
             if len(frame.payload) == _STAMP.size:
-                self.rtt = max(now - _STAMP.unpack(frame.payload)[0], 0.0)
-                self._events.append(PongReceived(self.rtt))
+                rtt = now - _STAMP.unpack(frame.payload)[0]
+                if math.isfinite(rtt):  # the stamp is the peer's echo: do not trust it
+                    self.rtt = max(rtt, 0.0)
+                    self._events.append(PongReceived(self.rtt))
         elif ftype == FrameType.CLOSE:
             self._on_close(frame, now)
         elif ftype == FrameType.ERROR:
@@ -462,7 +501,7 @@ class FramedConnection:
         if self.state is State.CLOSING:
             self._terminate(self.close_code or code, self.close_reason, by_peer=False)
             return
-        self._send_control(FrameType.CLOSE, encode_close(code, ""))
+        self._send_control(FrameType.CLOSE, self._close_body(code, ""))
         self._terminate(code, reason, by_peer=True)
 
     def _on_hello(self, body: bytes, now: float) -> None:
@@ -527,6 +566,7 @@ class FramedConnection:
         self._deadline = None
         self._checksum = agreement.checksum
         self._decoder.require_checksum = agreement.checksum
+        self._decoder.max_body = self.options.max_frame_size
         self._peer_max = agreement.peer_max_frame_size
         self._interval = agreement.heartbeat
         self._heard = self._active = now
@@ -548,10 +588,17 @@ class FramedConnection:
     def _send_control(self, ftype: int, body: bytes) -> None:
         encode_frame(self._out, ftype, body, checksum=True)
 
+    def _close_body(self, code: int, reason: str) -> bytes:
+        # The peer rejects any frame over its limit, a CLOSE or ERROR included.
+        return encode_close(code, reason, min(MAX_REASON, self._peer_max - 2))
+
     def _fail(self, error: ProtocolError) -> None:
         if self.state is State.CLOSED:
             return
-        self._send_control(FrameType.ERROR, encode_close(error.code, str(error)))
+        if self.state is State.HANDSHAKE and self._decoder.messages:
+            # A message decoded before the bad bytes is the first violation on the wire.
+            error = UnexpectedFrame(EARLY_MESSAGE)
+        self._send_control(FrameType.ERROR, self._close_body(error.code, str(error)))
         self._terminate(error.code, str(error), by_peer=False, error=error)
 
     def _terminate(

@@ -19,12 +19,12 @@ from ..options import DEFAULT_MAX_FRAME_SIZE
 from .frame import (
     CHECKSUM,
     DATA,
-    HEADER,
+    DATA_CHECKED,
+    HEADER5,
     HEADER_SIZE,
     KNOWN_FLAGS,
     MAGIC,
     MAGIC_VERSION,
-    PING,
     SUPPORTED_VERSIONS,
     Frame,
 )
@@ -40,23 +40,34 @@ def new_scratch() -> bytearray:
     return bytearray(SCRATCH_SIZE)
 
 
+HTTP_STARTS: Final = (b"GET ", b"POST", b"HEAD", b"PUT ", b"HTTP")
+
+
 def _describe_garbage(head: bytes) -> ProtocolError:
     if head[:1] == b"\x16" and head[1:2] == b"\x03":
         return BadMagic(
             "the peer started a TLS handshake on a plaintext connection: use tls:// on both sides"
         )
-    if head[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"HTTP"):
+    if head[:4] in HTTP_STARTS:
         return BadMagic("the peer is speaking HTTP, not the opensocket protocol")
-    shown = head[:4].hex(" ")
+    shown = head[:2].hex(" ")  # only what every split has seen, so the message is stable
     return BadMagic(
         f"the peer sent bytes {shown} where a frame should start (0x4f 0x53 'OS'): "
         "it does not speak the opensocket framed protocol (use --raw for plain streams)"
     )
 
 
+def _mismatch(body_len: int) -> ChecksumMismatch:
+    return ChecksumMismatch(
+        f"checksum mismatch in a frame of {body_len} bytes: the data was corrupted in transit"
+    )
+
+
 def check_header_prefix(head: bytes) -> None:
     """Validate the first bytes of a header (magic, version, reserved) as soon as they arrive."""
     if len(head) >= 2 and int.from_bytes(head[:2], "big") != MAGIC:
+        if len(head) < 4 and any(start.startswith(head) for start in HTTP_STARTS):
+            return  # wait for 4 bytes, so the error says "HTTP" however the input was split
         raise _describe_garbage(head)
     if len(head) >= 3 and head[2] not in SUPPORTED_VERSIONS:
         raise UnsupportedVersion(
@@ -111,16 +122,23 @@ class FrameDecoder:
         return memoryview(self._buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
-        """Decode after ``nbytes`` were written into the buffer from ``get_buffer``."""
+        """Decode after ``nbytes`` were written into the buffer from ``get_buffer``.
+
+        While a control frame waits in ``frames`` the bytes are only stored: decoding resumes
+        with ``decode_pending`` once the connection has applied that frame.
+        """
+        paused = bool(self.frames)
         if self._in_scratch:
             self._in_scratch = False
             assert self._scratch is not None
             view = memoryview(self._scratch)
-            pos = self._decode(view, 0, nbytes)
+            pos = 0 if paused else self._decode(view, 0, nbytes)
             if pos < nbytes:
                 self._keep(view[pos:nbytes])
             return
         self._end += nbytes
+        if paused:
+            return
         assert self._buf is not None
         self._start = self._decode(memoryview(self._buf), self._start, self._end)
         if self._start == self._end:
@@ -143,7 +161,9 @@ class FrameDecoder:
         """Total size of the frame being assembled, when its header is in."""
         if self._buf is None or self._end - self._start < HEADER_SIZE:
             return HEADER_SIZE
-        return HEADER_SIZE + int.from_bytes(self._buf[self._start + 12 : self._start + 16], "big")
+        # Clamped: after a stop the connection may close before this header is checked.
+        length = int.from_bytes(self._buf[self._start + 12 : self._start + 16], "big")
+        return HEADER_SIZE + min(length, self.max_body)
 
     def _make_room(self) -> None:
         pending = self._end - self._start
@@ -170,13 +190,12 @@ class FrameDecoder:
         self._start, self._end = 0, size
 
     def _decode(self, view: memoryview, pos: int, end: int) -> int:
-        unpack = HEADER.unpack_from
-        messages = self.messages
-        append = messages.append
+        unpack = HEADER5.unpack_from
+        append = self.messages.append
         limit = self.max_body
         require = self.require_checksum
         while end - pos >= HEADER_SIZE:
-            magic, crc, ftype, flags, meta_len, body_len = unpack(view, pos)
+            magic, crc, kind, meta_len, body_len = unpack(view, pos)
             if magic != MAGIC_VERSION:
                 check_header_prefix(bytes(view[pos : pos + 4]))
             if body_len > limit:
@@ -186,12 +205,18 @@ class FrameDecoder:
             stop = pos + HEADER_SIZE + body_len
             if stop > end:
                 break
+            if kind == DATA_CHECKED and not meta_len:
+                # The hot path: one slice feeds both the CRC and the payload copy.
+                frame = view[pos + 8 : stop]
+                if crc32c(frame) != crc:
+                    raise _mismatch(body_len)
+                append(frame[8:].tobytes())
+                pos = stop
+                continue
+            ftype, flags = kind >> 8, kind & 0xFF
             if flags & CHECKSUM:
                 if crc32c(view[pos + 8 : stop]) != crc:
-                    raise ChecksumMismatch(
-                        f"checksum mismatch in a frame of {body_len} bytes: "
-                        "the data was corrupted in transit"
-                    )
+                    raise _mismatch(body_len)
             elif require:
                 raise ChecksumMismatch("a frame arrived without the checksum this link requires")
             start = pos + HEADER_SIZE
@@ -201,8 +226,10 @@ class FrameDecoder:
                 continue
             pos = stop
             if self._slow_frame(view, ftype, flags, meta_len, body_len, start, stop):
-                # A handshake frame can change what the next frames must look like
-                # (checksums, size limit): let the connection apply it first.
+                # A control frame can change what the next frames must look like (a
+                # handshake frame: checksums, size limit) or end the connection (CLOSE,
+                # ERROR, a frame not allowed now): let the connection apply it first, so
+                # the outcome never depends on how the input was split into reads.
                 return pos
         if 0 < end - pos < HEADER_SIZE:
             check_header_prefix(bytes(view[pos : min(end, pos + 4)]))
@@ -230,10 +257,10 @@ class FrameDecoder:
             self.messages.append(frame)
             return False
         self.frames.append((len(self.messages), frame))
-        return ftype < PING
+        return True
 
     def decode_pending(self) -> None:
-        """Decode what is still buffered (after a handshake frame stopped decoding)."""
+        """Decode what is still buffered (after a control frame stopped decoding)."""
         if self._buf is None or self._start == self._end:
             return
         self._start = self._decode(memoryview(self._buf), self._start, self._end)

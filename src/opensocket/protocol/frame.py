@@ -41,6 +41,8 @@ HEADER_SIZE: Final = 16
 MAGIC_VERSION: Final = (MAGIC << 16) | (VERSION << 8)
 
 HEADER: Final = struct.Struct(">IIBBHI")
+HEADER5: Final = struct.Struct(">IIHHI")  # type and flags read together as one 16-bit kind
+DATA_HEADER: Final = struct.Struct(">II8s")
 HEAD: Final = struct.Struct(">II")
 TAIL: Final = struct.Struct(">BBHI")
 
@@ -73,6 +75,30 @@ KNOWN_FLAGS: Final = int(Flags.CHECKSUM)
 CHECKSUM: Final = int(Flags.CHECKSUM)
 DATA: Final = int(FrameType.DATA)
 PING: Final = int(FrameType.PING)
+
+
+DATA_CHECKED: Final = (DATA << 8) | CHECKSUM
+DATA_PLAIN: Final = DATA << 8
+_MAX_CACHED_SIZES: Final = 4096
+_data_tails: dict[int, tuple[bytes, int, bytes]] = {}
+cached_data_tail = _data_tails.get
+
+
+def data_tail(size: int) -> tuple[bytes, int, bytes]:
+    """Header pieces of a plain DATA frame of ``size`` bytes: the checksummed header's bytes
+    8-15, their CRC-32C, and the whole unchecksummed header.
+
+    Message sizes repeat, so these are cached (boundedly): the send hot path then packs one
+    struct and makes one CRC call per message.
+    """
+    entry = _data_tails.get(size)
+    if entry is None:
+        tail = TAIL.pack(DATA, CHECKSUM, 0, size)
+        entry = (tail, crc32c(tail), HEADER.pack(MAGIC_VERSION, 0, DATA, 0, 0, size))
+        if len(_data_tails) >= _MAX_CACHED_SIZES:
+            _data_tails.clear()
+        _data_tails[size] = entry
+    return entry
 
 
 @dataclass(frozen=True, slots=True)

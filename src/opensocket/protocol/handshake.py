@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = ["Agreement", "build_hello", "negotiate"]
 
 NONCE_SIZE = 16
 MAX_HANDSHAKE_BODY = 4096
+MAX_FRAME_FIELD = 0xFFFFFFFF
 SERVER_LABEL = b"opensocket/1 server proof"
 CLIENT_LABEL = b"opensocket/1 client proof"
 
@@ -49,7 +51,8 @@ def load(body: bytes, what: str) -> dict[str, Any]:
         raise HandshakeError(f"{what} body of {len(body)} bytes is over {MAX_HANDSHAKE_BODY}")
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):
+        # RecursionError: a few thousand nested brackets fit in the size limit.
         raise HandshakeError(f"{what} body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise HandshakeError(f"{what} body must be a JSON object")
@@ -62,6 +65,26 @@ def field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: st
     if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
         raise HandshakeError(f"{what} field {key!r} is missing or has the wrong type")
     return value
+
+
+def number(obj: dict[str, Any], key: str, what: str) -> float:
+    """Fetch a finite, non-negative number (huge integers and NaN/Infinity are refused)."""
+    value = field(obj, key, (int, float), what)
+    try:
+        result = float(value)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise HandshakeError(f"{what} field {key!r} must be a finite number")
+    return max(result, 0.0)
+
+
+def frame_limit(obj: dict[str, Any], what: str, who: str) -> int:
+    """Fetch the peer's maximum frame size (at least 64, at most what the header can carry)."""
+    peer_max: int = field(obj, "max_frame", int, what)
+    if peer_max < 64:
+        raise HandshakeError(f"the {who}'s maximum frame size {peer_max} is below 64 bytes")
+    return min(peer_max, MAX_FRAME_FIELD)
 
 
 def wants_checksum(opts: ProtocolOptions, tls: bool) -> bool:
@@ -96,7 +119,8 @@ def negotiate(
 ) -> tuple[dict[str, Any], Agreement]:
     """Server side: choose from the client's offer; return the WELCOME body and the result."""
     versions = field(hello, "versions", list, "HELLO")
-    common = sorted(set(versions) & set(SUPPORTED_VERSIONS))
+    ints = {v for v in versions if isinstance(v, int) and not isinstance(v, bool)}
+    common = sorted(ints & set(SUPPORTED_VERSIONS))
     if not common:
         raise NegotiationFailed(
             f"no common protocol version: client speaks {versions}, "
@@ -109,16 +133,15 @@ def negotiate(
             f"no common payload codec: client offered {', '.join(map(str, offered))}; "
             f"server accepts {', '.join(opts.codecs)}"
         )
-    theirs_hb = float(field(hello, "heartbeat", (int, float), "HELLO"))
-    peer_max = int(field(hello, "max_frame", int, "HELLO"))
-    if peer_max < 64:
-        raise HandshakeError(f"the client's maximum frame size {peer_max} is below 64 bytes")
-    checksum = wants_checksum(opts, tls) or bool(field(hello, "checksum", bool, "HELLO"))
+    theirs_hb = number(hello, "heartbeat", "HELLO")
+    peer_max = frame_limit(hello, "HELLO", "client")
+    theirs_checksum: bool = field(hello, "checksum", bool, "HELLO")
+    checksum = wants_checksum(opts, tls) or theirs_checksum
     name = field(hello, "name", str, "HELLO")[:255]
     body: dict[str, Any] = {
         "version": common[-1],
         "codec": codec,
-        "heartbeat": _heartbeat(opts.heartbeat, max(theirs_hb, 0.0)),
+        "heartbeat": _heartbeat(opts.heartbeat, theirs_hb),
         "max_frame": opts.max_frame_size,
         "checksum": checksum,
         "name": opts.name,
@@ -143,13 +166,11 @@ def accept_welcome(opts: ProtocolOptions, welcome: dict[str, Any]) -> Agreement:
         raise NegotiationFailed(
             f"the server chose version {version} / codec {codec!r}, not offered"
         )
-    peer_max = int(field(welcome, "max_frame", int, "WELCOME"))
-    if peer_max < 64:
-        raise HandshakeError(f"the server's maximum frame size {peer_max} is below 64 bytes")
+    peer_max = frame_limit(welcome, "WELCOME", "server")
     return Agreement(
         version=version,
         codec=codec,
-        heartbeat=max(float(field(welcome, "heartbeat", (int, float), "WELCOME")), 0.0),
+        heartbeat=number(welcome, "heartbeat", "WELCOME"),
         peer_max_frame_size=peer_max,
         checksum=bool(field(welcome, "checksum", bool, "WELCOME")),
         peer_name=field(welcome, "name", str, "WELCOME")[:255],
