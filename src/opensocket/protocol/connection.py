@@ -361,10 +361,13 @@ class FramedConnection:
             self._send_control(FrameType.CLOSE, self._close_body(code, reason))
             self._terminate(code, reason, by_peer=False)
 
-    def fail(self, error: OpenSocketError, code: int = CloseCode.ABNORMAL) -> None:
-        """The runtime lost the transport or gave up (write timeout, slow peer)."""
+    def fail(
+        self, error: OpenSocketError, code: int = CloseCode.ABNORMAL, *, by_peer: bool = False
+    ) -> None:
+        """The runtime lost the transport (``by_peer`` for a reset or an EOF it saw) or gave
+        up on the peer (write timeout, slow consumer)."""
         if self.state is not State.CLOSED:
-            self._terminate(code, str(error), by_peer=False, error=error)
+            self._terminate(code, str(error), by_peer=by_peer, error=error)
 
     def reject(self, code: int, reason: str) -> None:
         """Refuse the connection (server policy): send ERROR and close at once."""

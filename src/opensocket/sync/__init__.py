@@ -1,0 +1,229 @@
+"""The blocking runtime: ``connect``, ``serve`` and ``open_datagram`` for threaded programs.
+
+The same names and arguments as the asyncio API (``opensocket.aio``), over the same sans-IO
+protocol core; each framed connection has one reader thread, and servers run handlers in a
+bounded thread pool::
+
+    from opensocket import sync
+
+    with sync.serve("tcp://127.0.0.1:0", lambda conn: [conn.send(m) for m in conn]) as server:
+        with sync.connect(server.url) as conn:
+            conn.send(b"ping")
+            assert conn.recv() == b"ping"
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Literal, overload
+
+from .._log import safe_call
+from .._sockets import close_quietly
+from ..address import Address, parse_address
+from ..errors import ConfigError, HandshakeTimeout
+from ..hooks import Hooks
+from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
+from ..protocol.connection import FramedConnection, Role
+from ._connect import open_socket, open_transport
+from ._framed import Connection, FramedLink
+from .datagram import DatagramEndpoint, open_datagram_endpoint
+from .server import Server
+from .stream import Stream, fmt_sockaddr
+
+__all__ = [
+    "Connection",
+    "DatagramEndpoint",
+    "Server",
+    "Stream",
+    "connect",
+    "open_datagram",
+    "open_socket",
+    "serve",
+]
+
+TLSArg = TLSOptions | ssl.SSLContext | None
+STREAM_SCHEMES = frozenset({"tcp", "tls", "unix"})
+HANDSHAKE_SLACK = 5.0
+
+
+def protocol_options(
+    protocol: ProtocolOptions | None,
+    codec: str | tuple[str, ...] | None,
+    secret: bytes | str | None,
+    name: str | None,
+) -> ProtocolOptions:
+    """Merge the keyword shortcuts into a ProtocolOptions."""
+    opts = protocol or ProtocolOptions()
+    changes: dict[str, Any] = {}
+    if codec is not None:
+        changes["codecs"] = (codec,) if isinstance(codec, str) else tuple(codec)
+    if secret is not None:
+        changes["secret"] = secret.encode() if isinstance(secret, str) else secret
+    if name is not None:
+        changes["name"] = name
+    return replace(opts, **changes) if changes else opts
+
+
+def _stream_address(url: str | Address) -> Address:
+    return parse_address(url, schemes=STREAM_SCHEMES)
+
+
+@overload
+def connect(
+    url: str | Address,
+    *,
+    raw: Literal[False] = False,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    hooks: Hooks | None = None,
+) -> Connection: ...
+
+
+@overload
+def connect(
+    url: str | Address,
+    *,
+    raw: Literal[True],
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    hooks: Hooks | None = None,
+) -> Stream: ...
+
+
+def connect(
+    url: str | Address,
+    *,
+    raw: bool = False,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    hooks: Hooks | None = None,
+) -> Connection | Stream:
+    """Connect to ``url`` (tcp://, tls://, unix://) and complete the handshake.
+
+    Returns a framed ``Connection``, or a raw byte ``Stream`` with ``raw=True``. ``codec`` is
+    the payload codec (or codecs, in order of preference), ``secret`` a shared secret for
+    authentication, ``tls`` TLS options (implied by tls://). Raises a ConnectError, TLSError
+    or HandshakeError subclass that says what went wrong.
+    """
+    addr = _stream_address(url)
+    opts = options or SocketOptions()
+    popts = protocol_options(protocol, codec, secret, name)
+    transport = open_transport(addr, opts, tls)
+    if raw:
+        return Stream(transport, read_timeout=opts.read_timeout, write_timeout=opts.write_timeout)
+    core = FramedConnection(
+        Role.CLIENT,
+        popts,
+        now=time.monotonic(),
+        tls=transport.tls,
+        idle_timeout=opts.idle_timeout,
+    )
+    local = fmt_sockaddr(transport.sockname())
+
+    def opened(link: FramedLink) -> None:
+        # In the reader thread, before any later input: the hooks see open before close.
+        conn = Connection(link, local, str(addr))
+        if hooks is not None:
+            safe_call(hooks.on_connect, conn)
+
+    link = FramedLink(
+        core,
+        transport,
+        peer=addr.hostport,
+        write_timeout=opts.write_timeout,
+        hooks=hooks,
+        on_ready=opened,
+    )
+    link.start()
+    # The reader thread enforces the handshake deadline; the slack only guards against a bug.
+    if not link.ready.wait(popts.handshake_timeout + HANDSHAKE_SLACK) or not link.opened:
+        # The reader thread sends our ERROR (if any) and closes the socket by itself.
+        if not link.closed.wait(HANDSHAKE_SLACK):
+            link.abort(HandshakeTimeout("the handshake did not complete"))
+            link.closed.wait(HANDSHAKE_SLACK)
+        error = core.closed_exception()
+        term = core.terminated
+        if term is not None and term.error is not None:
+            error = term.error
+        if hooks is not None:
+            safe_call(hooks.on_handshake_failed, addr.hostport, error)
+        raise error
+    assert link.connection is not None
+    return link.connection
+
+
+def serve(
+    url: str | Address | list[str | Address],
+    handler: Callable[[Any], Any],
+    *,
+    raw: bool = False,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    limits: ServerLimits | None = None,
+    hooks: Hooks | None = None,
+    max_pending: int | None = None,
+) -> Server:
+    """Listen on ``url`` (or several) and run ``handler(conn)`` in a worker thread per connection.
+
+    ``handler`` gets a ``Connection`` (or a ``Stream`` with ``raw=True``); when it returns the
+    connection is closed. Port 0 picks a free port: read ``server.addresses``. ``limits``
+    protect the server (connection caps, access lists, rate limits, timeouts, ``workers``);
+    ``max_pending`` connections may wait for a free worker (default 4 per worker), and
+    connections beyond that are refused. The server runs until ``shutdown()``.
+    """
+    urls = url if isinstance(url, list) else [url]
+    addrs = [_stream_address(u) for u in urls]
+    schemes = {a.scheme for a in addrs}
+    if "tls" in schemes and len(schemes) > 1:
+        raise ConfigError("serve tls:// and plaintext addresses from two servers, not one")
+    if "tls" in schemes and tls is None:
+        raise ConfigError("a tls:// server needs TLS options with a certificate and key")
+    if max_pending is not None and max_pending < 0:
+        raise ConfigError("max_pending must be 0 or more")
+    server = Server(
+        handler,
+        raw=raw,
+        protocol=protocol_options(protocol, codec, secret, name),
+        options=options or SocketOptions(),
+        limits=limits or ServerLimits(),
+        tls=tls if ("tls" in schemes or tls is not None) else None,
+        hooks=hooks,
+        scheme=addrs[0].scheme,
+        max_pending=max_pending,
+    )
+    try:
+        for addr in addrs:
+            server._start(addr)
+    except BaseException:
+        for sock in server._listeners:
+            close_quietly(sock)
+        server.shutdown(0)
+        raise
+    server._launch()
+    return server
+
+
+def open_datagram(
+    url: str | Address, *, bind: bool = False, options: SocketOptions | None = None
+) -> DatagramEndpoint:
+    """Open a UDP endpoint bound to ``url`` (``bind=True``) or connected to it."""
+    return open_datagram_endpoint(url, bind=bind, options=options)
