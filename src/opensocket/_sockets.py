@@ -43,7 +43,9 @@ def apply_options(sock: socket.socket, opts: SocketOptions, *, listening: bool =
     if opts.recv_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, opts.recv_buffer)
     if listening or not is_stream:
-        if opts.reuse_address and inet:
+        # SO_REUSEADDR lets a TCP server restart over TIME_WAIT; on a UDP socket it would let
+        # a second endpoint bind the same port and silently share its datagrams.
+        if opts.reuse_address and inet and is_stream:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if opts.reuse_port and inet:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -9,7 +9,7 @@ from typing import Final
 
 from .errors import AddressError
 
-__all__ = ["SCHEMES", "Address", "parse_address"]
+__all__ = ["SCHEMES", "Address", "format_sockaddr", "from_sockaddr", "parse_address"]
 
 STREAM_SCHEMES: Final = frozenset({"tcp", "tls", "unix"})
 DATAGRAM_SCHEMES: Final = frozenset({"udp"})
@@ -177,6 +177,19 @@ def family_of(host: str) -> socket.AddressFamily | None:
     except ValueError:
         return None
     return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+
+
+def format_sockaddr(sockaddr: object) -> str:
+    """``host:port`` (IPv6 in brackets) for an IP socket address, the path for a Unix one."""
+    if isinstance(sockaddr, tuple):
+        host = str(sockaddr[0])
+        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+    if isinstance(sockaddr, bytes):
+        sockaddr = sockaddr.decode(errors="replace")
+    text = str(sockaddr or "")
+    if text.startswith("\0"):
+        return "@" + text[1:]
+    return text or "unix"
 
 
 def from_sockaddr(scheme: str, sockaddr: object) -> Address:

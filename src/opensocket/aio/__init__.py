@@ -7,7 +7,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, TypeVar, overload
 
-from ..address import Address, parse_address
+from ..address import Address, format_sockaddr, parse_address
 from ..errors import ConfigError
 from ..hooks import Hooks
 from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
@@ -124,13 +124,13 @@ async def connect(
         await asyncio.shield(proto.ready)
     except BaseException as exc:
         transport.abort()
-        if hooks is not None and hooks.on_handshake_failed is not None:
+        # A cancelled connect is the caller's decision, not a failed handshake.
+        if isinstance(exc, Exception) and hooks is not None and hooks.on_handshake_failed:
             from .._log import safe_call
 
             safe_call(hooks.on_handshake_failed, addr.hostport, exc)
         raise
-    sockname = transport.get_extra_info("sockname")
-    local = str(sockname) if not isinstance(sockname, tuple) else f"{sockname[0]}:{sockname[1]}"
+    local = format_sockaddr(transport.get_extra_info("sockname"))
     conn = Connection(proto, local, str(addr))
     if hooks is not None and hooks.on_connect is not None:
         from .._log import safe_call

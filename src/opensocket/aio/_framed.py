@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, cast
@@ -27,6 +28,7 @@ from ..protocol.connection import FramedConnection, Role, State
 from ..protocol.decoder import new_scratch
 from ..protocol.events import ConnectionTerminated, HandshakeComplete, PongReceived
 from ..stats import ConnectionStats
+from ..tls import tls_error
 
 __all__ = ["Connection", "FramedProtocol"]
 
@@ -34,6 +36,11 @@ FLUSH_AT: Final = 64 * 1024
 _scratch: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, bytearray] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def item_size(item: Any) -> int:
+    """Bytes a queued message holds (a plain payload, or a Frame with metadata)."""
+    return len(item) if type(item) is bytes else len(item.payload) + len(item.meta)
 
 
 def loop_scratch(loop: asyncio.AbstractEventLoop) -> bytearray:
@@ -68,6 +75,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self.write_timeout = write_timeout
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
         self.connection: Connection | None = None
         self._on_ready = on_ready
         self._on_closed = on_closed
@@ -79,6 +87,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self._queued_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._abort_later: asyncio.TimerHandle | None = None
         self.errors = 0
 
     # ---- transport callbacks -------------------------------------------------------------
@@ -113,12 +122,30 @@ class FramedProtocol(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._abort_later is not None:
+            self._abort_later.cancel()
+            self._abort_later = None
         core = self.core
-        if core.state is not State.CLOSED:
+        if (
+            core.state is State.HANDSHAKE
+            and core.tls
+            and (exc is None or isinstance(exc, ssl.SSLError))
+        ):
+            # A TLS 1.3 server refuses a client certificate after its TLS handshake: with an
+            # alert (tls_error names it), or by closing, which uvloop reports here without
+            # eof_received (the core then explains what such a close most likely means).
+            if exc is None:
+                core.receive_eof(self.loop.time())
+            else:
+                core.fail(tls_error(exc, self.peer, server_side=core.role is Role.SERVER))
+            self._handle_events()
+        elif core.state is not State.CLOSED:
             reason = f"connection lost: {exc}" if exc else "connection lost"
             core.fail(ConnectionClosed(CloseCode.ABNORMAL, reason, by_peer=True))
             self._handle_events()
         self._wake_drainers(core.closed_exception())
+        if not self.lost.done():
+            self.lost.set_result(None)
 
     def pause_writing(self) -> None:
         """The transport buffer is over its high-water mark."""
@@ -145,42 +172,52 @@ class FramedProtocol(asyncio.BufferedProtocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        self._queued_bytes += sum(map(len, messages))
+        self._queued_bytes += sum(map(item_size, messages))
         opts = self.core.options
-        if not self._read_paused and (
-            len(inbox) > opts.max_queued_messages or self._queued_bytes > opts.max_queued_bytes
+        if (
+            not self._read_paused
+            and self.core.state is State.OPEN
+            and (
+                len(inbox) > opts.max_queued_messages or self._queued_bytes > opts.max_queued_bytes
+            )
         ):
             self._read_paused = True
             assert self.transport is not None
             self.transport.pause_reading()
 
-    def maybe_resume_reading(self) -> None:
-        """Resume reading once the application has taken enough queued messages."""
-        inbox = self.inbox
-        opts = self.core.options
-        if len(inbox) > opts.max_queued_messages // 2:
-            return
-        self._queued_bytes = sum(map(len, inbox))
-        if self._queued_bytes <= opts.max_queued_bytes // 2 and self.transport is not None:
+    def taken(self, size: int) -> None:
+        """The application took ``size`` bytes of messages from the inbox."""
+        self._queued_bytes -= size
+        if self._read_paused:
+            opts = self.core.options
+            if (
+                len(self.inbox) <= opts.max_queued_messages // 2
+                and self._queued_bytes <= opts.max_queued_bytes // 2
+            ):
+                self.resume_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the transport again (the inbox drained, or a close needs the reply)."""
+        if self._read_paused:
             self._read_paused = False
-            if self.core.state is not State.CLOSED:
-                self.transport.resume_reading()
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
 
     async def wait_message(self, timeout: float | None) -> None:
         """Wait until the inbox has something or the connection ended."""
         if self.core.state is State.CLOSED:
             raise self.core.closed_exception()
-        waiter = self._waiter = self.loop.create_future()
+        # One future shared by every waiting task (several may recv at once); shielded so
+        # that one waiter's timeout or cancellation does not cancel it for the others.
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = self.loop.create_future()
         try:
-            if timeout is None:
-                await waiter
-            else:
-                async with asyncio.timeout(timeout):
-                    await waiter
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(waiter)
         except TimeoutError:
             raise ReadTimeout(f"no message from {self.peer} within {timeout:g}s") from None
-        finally:
-            self._waiter = None
 
     # ---- output ----------------------------------------------------------------------------
 
@@ -264,6 +301,11 @@ class FramedProtocol(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None:
             transport.close()
+            if transport.get_write_buffer_size():
+                # A peer that does not read would keep the socket open forever.
+                self._abort_later = self.loop.call_later(
+                    self.core.options.close_timeout, transport.abort
+                )
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -300,7 +342,16 @@ class FramedProtocol(asyncio.BufferedProtocol):
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the closing handshake."""
         self.core.close(self.loop.time(), code, reason)
+        self.resume_reading()  # the peer's CLOSE must get through a full inbox
         self._after_input()
+
+    def reject(self, code: int, reason: str) -> None:
+        """Refuse a connection still in its handshake: ERROR frame, then close."""
+        if self.core.state is State.HANDSHAKE:
+            self.core.reject(code, reason)
+            self._after_input()
+        else:
+            self.close(code, reason)
 
     def abort(self, error: OpenSocketError, code: int = CloseCode.ABNORMAL) -> None:
         """Drop the connection now (stuck peer, fatal local error)."""
@@ -389,11 +440,12 @@ class Connection:
         while not inbox:
             await proto.wait_message(timeout)
         item = inbox.popleft()
-        if proto._read_paused:
-            proto.maybe_resume_reading()
-        decode = self._decode
-        if decode is None and type(item) is bytes:
-            return item
+        if type(item) is bytes:
+            proto.taken(len(item))
+            if self._decode is None:
+                return item
+        else:
+            proto.taken(item_size(item))
         return self._decode_item(item)
 
     async def recv_batch(
@@ -409,8 +461,7 @@ class Connection:
             inbox.clear()
         else:
             items = [inbox.popleft() for _ in range(max_messages)]
-        if proto._read_paused:
-            proto.maybe_resume_reading()
+        proto.taken(sum(map(item_size, items)))
         if self._decode is None and all(type(i) is bytes for i in items):
             return items
         return [self._decode_item(item) for item in items]
@@ -437,9 +488,8 @@ class Connection:
         if proto.inbox:
             queued = list(proto.inbox)
             proto.inbox.clear()
+            proto.taken(sum(map(item_size, queued)))
             deliver(queued)
-        if proto._read_paused:
-            proto.maybe_resume_reading()
 
     def _decode_item(self, item: Any) -> Any:
         payload = item if isinstance(item, bytes) else item.payload
@@ -470,10 +520,12 @@ class Connection:
         if self._core.state is State.OPEN:
             proto.close(code, reason)
         await asyncio.shield(proto.closed)
+        await asyncio.shield(proto.lost)
 
     async def wait_closed(self) -> None:
-        """Wait until the connection has ended, whoever ended it."""
+        """Wait until the connection has ended, whoever ended it, and its socket is closed."""
         await asyncio.shield(self._proto.closed)
+        await asyncio.shield(self._proto.lost)
 
     @property
     def closed(self) -> bool:

@@ -8,9 +8,17 @@ import logging
 import socket
 from typing import Any
 
-from .._sockets import bind_sockets, connect_error, interleave, literal_info, resolution_error
-from ..address import Address, from_sockaddr
-from ..errors import ConnectionClosedOK, OpenSocketError, ReadTimeout
+from .._sockets import (
+    AddrInfo,
+    apply_options,
+    bind_sockets,
+    connect_error,
+    interleave,
+    literal_info,
+    resolution_error,
+)
+from ..address import Address, family_of, from_sockaddr
+from ..errors import AddressError, ConnectionClosedOK, OpenSocketError, ReadTimeout
 from ..options import SocketOptions
 
 __all__ = ["DatagramEndpoint", "open_datagram_endpoint"]
@@ -70,13 +78,31 @@ class DatagramEndpoint:
         return self._queue.dropped
 
     async def send_to(self, data: bytes, addr: tuple[str, int] | str) -> None:
-        """Send one datagram to ``addr`` (a (host, port) pair or a udp:// URL)."""
+        """Send one datagram to ``addr`` (a (host, port) pair or a udp:// URL).
+
+        A host name is resolved first (without blocking the loop); IP addresses are fastest.
+        """
         if isinstance(addr, str):
             parsed = _parse(addr)
             addr = (parsed.host, parsed.port)
         self._check(len(data))
-        self._transport.sendto(data, addr)
+        self._transport.sendto(data, await self._target(addr[0], addr[1]))
         self.datagrams_out += 1
+
+    async def _target(self, host: str, port: int) -> tuple[str, int]:
+        """A numeric address of this socket's family (transports do not resolve names)."""
+        family = self._transport.get_extra_info("socket").family
+        host_family = family_of(host)
+        if host_family is None:
+            host, host_family = await _resolve(host, port, family)
+        if host_family == family:
+            return host, port
+        if family == socket.AF_INET6:
+            return f"::ffff:{host}", port  # IPv4 through a dual-stack socket
+        raise AddressError(
+            f"cannot send to IPv6 address {host} from an IPv4 endpoint: bind an IPv6 or "
+            "dual-stack (udp://*:0) endpoint"
+        )
 
     async def send(self, data: bytes) -> None:
         """Send one datagram to the connected peer."""
@@ -125,26 +151,64 @@ class DatagramEndpoint:
         self.close()
 
 
+async def _resolve(host: str, port: int, family: int) -> tuple[str, socket.AddressFamily]:
+    """Resolve a host name for sending, preferring the socket's own family."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise resolution_error(Address("udp", host, port), exc) from exc
+    best = next((i for i in infos if i[0] == family), infos[0])
+    return str(best[4][0]), best[0]
+
+
 def _parse(url: str) -> Address:
     from ..address import parse_address
 
     return parse_address(url, default_scheme="udp", schemes=frozenset({"udp"}))
 
 
-def _connected_socket(addr: Address, opts: SocketOptions) -> socket.socket:
+async def _infos(addr: Address, *, passive: bool) -> list[AddrInfo]:
+    """Resolve a UDP address without blocking the loop (IP literals need no lookup)."""
     literal = literal_info(addr, socket.SOCK_DGRAM)
     if literal is not None:
-        infos = [literal]
-    else:
-        try:
-            infos = interleave(socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_DGRAM))
-        except socket.gaierror as exc:
-            raise resolution_error(addr, exc) from exc
+        return [literal]
+    flags = socket.AI_PASSIVE if passive else 0
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_DGRAM, flags=flags)
+    except socket.gaierror as exc:
+        raise resolution_error(addr, exc) from exc
+    return interleave(infos)
+
+
+async def _bound_socket(addr: Address, opts: SocketOptions) -> socket.socket:
+    if addr.is_wildcard:
+        (sock,) = bind_sockets(addr, opts, kind=socket.SOCK_DGRAM)
+        return sock
+    infos = await _infos(addr, passive=True)
+    # One endpoint is one socket: bind the first address (the one clients try first).
+    first = Address("udp", str(infos[0][4][0]), addr.port)
+    others = sorted({str(info[4][0]) for info in infos} - {first.host})
+    if others:
+        log.info(
+            "%s also resolves to %s: this endpoint listens on %s only (use udp://*:PORT "
+            "for every address)",
+            addr.host,
+            ", ".join(others),
+            first.hostport,
+        )
+    (sock,) = bind_sockets(first, opts, kind=socket.SOCK_DGRAM)
+    return sock
+
+
+async def _connected_socket(addr: Address, opts: SocketOptions) -> socket.socket:
     error: OSError | None = None
-    for family, kind, proto, _, sockaddr in infos:
+    for family, kind, proto, _, sockaddr in await _infos(addr, passive=False):
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
+            apply_options(sock, opts)
             sock.connect(sockaddr)
             return sock
         except OSError as exc:
@@ -166,13 +230,15 @@ async def open_datagram_endpoint(
     opts = options or SocketOptions()
     loop = asyncio.get_running_loop()
     if bind:
-        sock, *extra = bind_sockets(addr, opts, kind=socket.SOCK_DGRAM)
-        for other in extra:  # a name with several addresses: one endpoint uses the first
-            other.close()
+        sock = await _bound_socket(addr, opts)
         remote = None
     else:
-        sock = _connected_socket(addr, opts)
+        sock = await _connected_socket(addr, opts)
         remote = addr
     queue = _Queue(queue_limit)
-    transport, _ = await loop.create_datagram_endpoint(lambda: queue, sock=sock)
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: queue, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     return DatagramEndpoint(transport, queue, remote)

@@ -6,16 +6,26 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, cast
 
 from .. import tls as tlsmod
 from .._log import peer_logger, safe_call
 from .._sockets import bind_sockets, set_stream_options
-from ..address import Address, from_sockaddr
+from ..address import Address, format_sockaddr, from_sockaddr
 from ..admission import Admission, Refusal
-from ..errors import CloseCode, ConnectionClosed, OpenSocketError, TLSError, TLSHandshakeError
+from ..errors import (
+    CloseCode,
+    ConnectionClosed,
+    OpenSocketError,
+    ReadTimeout,
+    TLSError,
+    TLSHandshakeError,
+    WriteTimeout,
+)
 from ..hooks import Hooks
 from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
 from ..protocol.connection import Role, encode_close
@@ -27,14 +37,17 @@ from .stream import DEFAULT_LINE_LIMIT, Stream
 __all__ = ["Server"]
 
 log = logging.getLogger("opensocket.server")
+# Raw streams have no close codes: name their drops like the framed ones.
+_RAW_DROPS: dict[type[BaseException], str] = {
+    ReadTimeout: CloseCode.describe(CloseCode.IDLE_TIMEOUT),
+    WriteTimeout: CloseCode.describe(CloseCode.SLOW_CONSUMER),
+}
 Handler = Callable[[Any], Awaitable[Any]]
 
 
 def _peer_text(sockaddr: Any) -> tuple[str, str | None]:
     if isinstance(sockaddr, tuple):
-        host = str(sockaddr[0])
-        text = f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
-        return text, host
+        return format_sockaddr(sockaddr), str(sockaddr[0])
     return "unix-peer", None
 
 
@@ -49,6 +62,50 @@ class _Acceptor(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - replaced before data
         pass
+
+
+class _Early(asyncio.Protocol):
+    """Protocol of a TLS transport until the real one takes over.
+
+    A TLS 1.3 client's first data rides with its Finished message, so the TLS layer hands it
+    over before ``connect_accepted_socket`` returns: keep it, then replay it.
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return False
+
+    def replay(self, proto: asyncio.BaseProtocol) -> None:
+        """Hand what arrived early to the protocol that replaced this one."""
+        data, self.data = self.data, bytearray()
+        if data and isinstance(proto, asyncio.BufferedProtocol):
+            view = memoryview(data)
+            while view:
+                buf = memoryview(proto.get_buffer(len(view)))
+                size = min(len(buf), len(view))
+                buf[:size] = view[:size]
+                proto.buffer_updated(size)
+                view = view[size:]
+        elif data and isinstance(proto, asyncio.Protocol):
+            proto.data_received(bytes(data))
+        if self.eof and isinstance(proto, asyncio.Protocol | asyncio.BufferedProtocol):
+            proto.eof_received()  # the TLS layer closes the transport after EOF anyway
+
+
+def _detach_socket(transport: asyncio.Transport) -> socket.socket:
+    """Take the connected socket from ``transport`` (called in connection_made, before any
+    read): the duplicate keeps the connection open when the transport closes its own."""
+    sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+    sock.setblocking(False)
+    transport.abort()
+    return sock
 
 
 class Server:
@@ -68,7 +125,9 @@ class Server:
     ) -> None:
         self.handler = handler
         self.raw = raw
-        self.protocol = protocol
+        # The server's own handshake limit protects it whatever the protocol options say.
+        handshake = min(protocol.handshake_timeout, limits.handshake_timeout)
+        self.protocol = replace(protocol, handshake_timeout=handshake)
         self.options = options
         self.limits = limits
         self.hooks = hooks or Hooks()
@@ -119,7 +178,7 @@ class Server:
         if self._ssl is None:
             self._attach(transport, peer, ip, tls=False)
         else:
-            task = loop.create_task(self._start_tls(transport, peer, ip))
+            task = loop.create_task(self._start_tls(_detach_socket(transport), peer, ip))
             self._track(task)
 
     def _refuse(self, transport: asyncio.Transport, peer: str, refusal: Refusal) -> None:
@@ -131,28 +190,27 @@ class Server:
             )
         transport.close()
 
-    async def _start_tls(self, transport: asyncio.Transport, peer: str, ip: str | None) -> None:
+    async def _start_tls(self, sock: socket.socket, peer: str, ip: str | None) -> None:
         loop = asyncio.get_running_loop()
         assert self._ssl is not None
         try:
-            new = await loop.start_tls(
-                transport,
-                transport.get_protocol(),
-                self._ssl,
-                server_side=True,
+            transport, _ = await loop.connect_accepted_socket(
+                _Early,
+                sock,
+                ssl=self._ssl,
                 ssl_handshake_timeout=self.limits.handshake_timeout,
             )
         except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
+            sock.close()
             error: TLSError = tlsmod.tls_error(exc, peer, server_side=True)
-            if isinstance(exc, TimeoutError):
-                error = TLSHandshakeError(f"{peer} did not complete TLS in time")
-            transport.abort()
+            if isinstance(exc, TimeoutError) or "taking longer" in str(exc):
+                error = TLSHandshakeError(
+                    f"the client {peer} did not complete the TLS handshake in "
+                    f"{self.limits.handshake_timeout:g}s"
+                )
             self._handshake_failed(peer, ip, error)
             return
-        if new is None:  # pragma: no cover - start_tls returns None only when closing
-            self._admission.release(ip)
-            return
-        self._attach(new, peer, ip, tls=True)
+        self._attach(transport, peer, ip, tls=True)
 
     def _handshake_failed(self, peer: str, ip: str | None, error: BaseException) -> None:
         self._admission.release(ip)
@@ -180,14 +238,17 @@ class Server:
             on_closed=self._closed_proto,
         )
         self._live[proto] = (ip, None)
+        early = transport.get_protocol()
         transport.set_write_buffer_limits(high=self.limits.send_buffer_limit)
         transport.set_protocol(proto)
         proto.connection_made(transport)
+        if isinstance(early, _Early):
+            early.replay(proto)
 
     def _ready(self, proto: FramedProtocol) -> None:
         transport = proto.transport
         assert transport is not None
-        local = _peer_text(transport.get_extra_info("sockname"))[0]
+        local = format_sockaddr(transport.get_extra_info("sockname"))
         conn = Connection(proto, local, proto.peer)
         safe_call(self.hooks.on_connect, conn)
         task = asyncio.get_running_loop().create_task(self._run(conn, proto))
@@ -198,8 +259,8 @@ class Server:
     async def _run(self, conn: Connection, proto: FramedProtocol) -> None:
         try:
             await self.handler(conn)
-        except ConnectionClosed:
-            pass
+        except (ConnectionClosed, WriteTimeout):
+            pass  # the connection ended (and was counted) under the handler
         except asyncio.CancelledError:
             proto.close(CloseCode.GOING_AWAY, "server shutting down")
             raise
@@ -229,9 +290,12 @@ class Server:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=DEFAULT_LINE_LIMIT, loop=loop)
         proto = asyncio.StreamReaderProtocol(reader, loop=loop)
+        early = transport.get_protocol()
         transport.set_write_buffer_limits(high=self.limits.send_buffer_limit)
         transport.set_protocol(proto)
         proto.connection_made(transport)
+        if isinstance(early, _Early):
+            early.replay(proto)
         writer = asyncio.StreamWriter(transport, proto, reader, loop)
         stream = Stream(
             reader,
@@ -251,16 +315,18 @@ class Server:
             pass
         except OpenSocketError as exc:
             plog.info("dropped: %s", exc)
-            self._stats.dropped[type(exc).__name__] += 1
+            self._stats.dropped[_RAW_DROPS.get(type(exc), type(exc).__name__)] += 1
         except Exception:
             plog.exception("handler failed")
             self._stats.errors += 1
         finally:
-            self._live.pop(stream, None)
             self._admission.release(ip)
             self._stats.bytes_in += stream.bytes_in
             self._stats.bytes_out += stream.bytes_out
-            await stream.close()
+            try:
+                await stream.close()
+            finally:
+                self._live.pop(stream, None)
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -314,24 +380,36 @@ class Server:
         handlers = {t for _, t in self._live.values() if t is not None}
         if handlers and grace > 0:
             await asyncio.wait(handlers, timeout=grace)
-        for item in list(self._live):
-            if isinstance(item, FramedProtocol):
-                item.close(CloseCode.GOING_AWAY, "server shutting down")
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self.protocol.close_timeout)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=1.0)
-        for item in list(self._live):
-            if isinstance(item, FramedProtocol) and item.transport is not None:
-                item.transport.abort()
+        await self._close_connections()
         for srv in self._servers:
             with contextlib.suppress(Exception):
                 await srv.wait_closed()
         if not self._closed.done():
             self._closed.set_result(None)
         log.info("server on %s closed", ", ".join(map(str, self.addresses)))
+
+    async def _close_connections(self) -> None:
+        """Say 'going away' to every connection, wait for the closes, then stop the tasks."""
+        reason = "server shutting down"
+        protos = [item for item in self._live if isinstance(item, FramedProtocol)]
+        for proto in protos:
+            proto.reject(CloseCode.GOING_AWAY, reason)
+        for item in list(self._live):
+            if isinstance(item, Stream):
+                item.abort()  # raw streams have no closing handshake; the grace is over
+        lost = [proto.lost for proto in protos if not proto.lost.done()]
+        if lost:
+            await asyncio.wait(lost, timeout=self.protocol.close_timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.protocol.close_timeout)
+        for proto in protos:
+            if proto.transport is not None and not proto.lost.done():
+                proto.transport.abort()
+        lost = [proto.lost for proto in protos if not proto.lost.done()]
+        if lost:
+            await asyncio.wait(lost, timeout=1.0)
 
     async def __aenter__(self) -> Server:
         return self

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..address import format_sockaddr
 from ..errors import ConnectionClosedError, ReadTimeout, WriteTimeout
 
 __all__ = ["DEFAULT_LINE_LIMIT", "Stream"]
 
 DEFAULT_LINE_LIMIT = 64 * 1024
+CLOSE_TIMEOUT = 30.0
 
 
 class Stream:
@@ -30,8 +32,8 @@ class Stream:
         self.bytes_in = 0
         self.bytes_out = 0
         peer = writer.get_extra_info("peername")
-        self.remote_address = _fmt(peer)
-        self.local_address = _fmt(writer.get_extra_info("sockname"))
+        self.remote_address = format_sockaddr(peer)
+        self.local_address = format_sockaddr(writer.get_extra_info("sockname"))
 
     async def _timed(self, coro: Any, timeout: float | None, what: str) -> Any:
         try:
@@ -39,6 +41,7 @@ class Stream:
                 return await coro
         except TimeoutError:
             if what == "write":
+                self.abort()  # the peer is stuck: drop it rather than wait on it
                 raise WriteTimeout(
                     f"{self.remote_address} did not take our data within {timeout:g}s"
                 ) from None
@@ -82,21 +85,35 @@ class Stream:
     ) -> bytes:
         """Return one line including its ``\\n``; the last line may lack it; ``b""`` at EOF.
 
-        A line longer than ``limit`` raises ValueError instead of growing without bound.
+        A line longer than ``limit`` raises ValueError instead of growing without bound (what
+        was read of it is discarded).
         """
-        reader = self._reader
-        try:
-            line: bytes = await self._timed(
-                reader.readuntil(b"\n"), timeout or self.read_timeout, "read"
-            )
-        except asyncio.IncompleteReadError as exc:
-            line = exc.partial
-        except asyncio.LimitOverrunError:
-            raise ValueError(f"line longer than {limit} bytes") from None
-        if len(line) > limit:
-            raise ValueError(f"line longer than {limit} bytes")
+        line: bytes = await self._timed(
+            self._read_line(limit), timeout or self.read_timeout, "read"
+        )
         self.bytes_in += len(line)
         return line
+
+    async def _read_line(self, limit: int) -> bytes:
+        # readuntil() stops at the reader's own buffer limit: collect the line in pieces so
+        # that ``limit`` (larger or smaller than that buffer) is what decides.
+        reader = self._reader
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                part = await reader.readuntil(b"\n")
+                done = True
+            except asyncio.IncompleteReadError as exc:
+                part, done = exc.partial, True
+            except asyncio.LimitOverrunError as exc:
+                part, done = await reader.readexactly(exc.consumed), False
+            size += len(part)
+            if size > limit:
+                raise ValueError(f"line longer than {limit} bytes")
+            parts.append(part)
+            if done:
+                return b"".join(parts)
 
     async def shutdown_write(self) -> None:
         """Send end-of-stream to the peer while still reading its replies."""
@@ -104,24 +121,26 @@ class Stream:
             self._writer.write_eof()
 
     async def close(self) -> None:
-        """Flush and close."""
+        """Flush and close; a peer that takes nothing for ``write_timeout`` is cut off."""
         writer = self._writer
         if not writer.is_closing():
             writer.close()
         try:
-            await writer.wait_closed()
+            async with asyncio.timeout(self.write_timeout or CLOSE_TIMEOUT):
+                await writer.wait_closed()
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            self.abort()  # never leave the socket behind, even when close() is cancelled
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         except (ConnectionError, OSError):
             pass
+
+    def abort(self) -> None:
+        """Close at once, discarding anything not sent yet."""
+        self._writer.transport.abort()
 
     async def __aenter__(self) -> Stream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _fmt(sockaddr: Any) -> str:
-    if isinstance(sockaddr, tuple):
-        host = str(sockaddr[0])
-        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
-    return str(sockaddr or "unix")
