@@ -26,6 +26,24 @@ __all__ = ["client_context", "server_context", "tls_error"]
 _UNKNOWN_CA = {2, 18, 19, 20, 21, 27}
 _EXPIRED = {9, 10}
 _HOSTNAME = {62, 64}
+# OpenSSL reason codes, by what they mean for the user.
+_PLAINTEXT = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
+)
+_ALERT_UNTRUSTED = frozenset(
+    {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN"}
+)
+_NO_CLIENT_CERT = frozenset(
+    {"PEER_DID_NOT_RETURN_A_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"}
+)
+_VERSION = frozenset(
+    {
+        "UNSUPPORTED_PROTOCOL",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "NO_PROTOCOLS_AVAILABLE",
+        "VERSION_TOO_LOW",
+    }
+)
 
 
 def _versions(ctx: ssl.SSLContext, opts: TLSOptions) -> None:
@@ -107,53 +125,85 @@ def server_hostname(addr: Address, opts: TLSOptions | ssl.SSLContext | None) -> 
     return addr.host
 
 
-def tls_error(exc: BaseException, peer: str, *, server_side: bool = False) -> TLSError:
-    """Translate an ssl failure during the handshake into an error naming host and reason."""
-    if isinstance(exc, TLSError):
-        return exc
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        detail = exc.verify_message
-        if code in _HOSTNAME:
-            return HostnameMismatch(
-                f"the certificate of {peer} does not match the host name ({detail}): "
-                "connect with the name the certificate was issued for, or set server_hostname"
-            )
-        if code in _EXPIRED:
-            return CertificateExpired(
-                f"the certificate of {peer} is expired or not yet valid ({detail})"
-            )
-        if code in _UNKNOWN_CA:
-            return UnknownCA(
-                f"the certificate of {peer} is not signed by a trusted CA ({detail}): "
-                "pass the CA file (--tls-ca) or install it in the system store"
-            )
-        return TLSHandshakeError(f"the certificate of {peer} failed verification: {detail}")
-    reason = getattr(exc, "reason", None) or ""
-    if reason in (
-        "WRONG_VERSION_NUMBER",
-        "HTTP_REQUEST",
-        "UNKNOWN_PROTOCOL",
-        "RECORD_LAYER_FAILURE",
-    ):
+def _verify_error(exc: ssl.SSLCertVerificationError, peer: str, server_side: bool) -> TLSError:
+    """A certificate check failed on our side; ``peer`` presented the certificate."""
+    code, detail = exc.verify_code, exc.verify_message
+    whose = f"the certificate of the client {peer}" if server_side else f"the certificate of {peer}"
+    if code in _HOSTNAME:
+        return HostnameMismatch(
+            f"{whose} does not match the host name ({detail}): connect with a name the "
+            "certificate was issued for, or set server_hostname (--tls-server-name)"
+        )
+    if code in _EXPIRED:
+        return CertificateExpired(
+            f"{whose} is expired or not yet valid ({detail}): renew it, or check the clocks"
+        )
+    if code in _UNKNOWN_CA:
+        fix = (
+            "add its CA to the server's ca_file (--tls-ca)"
+            if server_side
+            else "pass its CA as ca_file (--tls-ca) or install it in the system store"
+        )
+        return UnknownCA(f"{whose} is not signed by a trusted CA ({detail}): {fix}")
+    return TLSHandshakeError(f"{whose} failed verification: {detail} (code {code})")
+
+
+def _alert_error(reason: str, peer: str, server_side: bool) -> TLSError | None:
+    """The peer sent a TLS alert (or OpenSSL refused what it offered)."""
+    who = f"the client {peer}" if server_side else peer
+    if reason in _PLAINTEXT:
         if server_side:
             return NotTLS(f"the client {peer} is not speaking TLS (it sent plaintext)")
         return NotTLS(
             f"{peer} is not speaking TLS (it answered in plaintext): use tcp:// or check the port"
         )
-    if reason in ("TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE"):
-        return UnknownCA(f"{peer} rejected our certificate ({reason}): it does not trust our CA")
-    if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"):
-        return TLSHandshakeError(
-            f"{peer} requires a client certificate (mutual TLS): pass --tls-cert/--tls-key"
-        )
-    if reason == "CERTIFICATE_VERIFY_FAILED":
-        return UnknownCA(f"the certificate of {peer} failed verification: {exc}")
-    if isinstance(exc, ConnectionResetError | EOFError | ssl.SSLEOFError | BrokenPipeError):
+    if reason in _ALERT_UNTRUSTED:
+        return UnknownCA(f"{who} rejected our certificate ({reason}): it does not trust our CA")
+    if reason == "SSLV3_ALERT_CERTIFICATE_EXPIRED":
+        return CertificateExpired(f"{who} rejected our certificate as expired ({reason})")
+    if reason in _NO_CLIENT_CERT:
         if server_side:
-            return TLSHandshakeError(f"the client {peer} closed the connection during TLS")
+            return TLSHandshakeError(
+                f"the client {peer} sent no certificate, and this server requires one "
+                f"(client_auth='required'; {reason})"
+            )
         return TLSHandshakeError(
-            f"{peer} closed the connection during the TLS handshake: it may not speak TLS, "
-            "or it rejected our certificate"
+            f"{peer} requires a client certificate (mutual TLS; {reason}): "
+            "pass --tls-cert/--tls-key (cert_file/key_file) signed by a CA it trusts"
         )
+    if reason in _VERSION:
+        return TLSHandshakeError(
+            f"{who} and this side have no TLS version in common ({reason}): "
+            "opensocket needs TLS 1.2 or newer (1.3 with minimum_version='1.3')"
+        )
+    return None
+
+
+def _closed_error(peer: str, server_side: bool) -> TLSError:
+    if server_side:
+        return TLSHandshakeError(
+            f"the client {peer} closed the connection during the TLS handshake "
+            "(does it trust our certificate's CA?)"
+        )
+    return TLSHandshakeError(
+        f"{peer} closed the connection during the TLS handshake: it may not speak TLS, "
+        "may require a client certificate or reject ours, or may not accept our TLS version"
+    )
+
+
+def tls_error(exc: BaseException, peer: str, *, server_side: bool = False) -> TLSError:
+    """Translate an ssl failure during the handshake into an error naming host and reason.
+
+    ``peer`` is the other side's address; ``server_side`` says we are the server.
+    """
+    if isinstance(exc, TLSError):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _verify_error(exc, peer, server_side)
+    reason = getattr(exc, "reason", None) or ""
+    error = _alert_error(reason, peer, server_side)
+    if error is not None:
+        return error
+    if isinstance(exc, ConnectionResetError | EOFError | ssl.SSLEOFError | BrokenPipeError):
+        return _closed_error(peer, server_side)
     return TLSHandshakeError(f"TLS handshake with {peer} failed: {reason or exc}")
