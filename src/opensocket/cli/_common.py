@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ConfigError
@@ -15,9 +19,11 @@ __all__ = [
     "add_limit_args",
     "add_protocol_args",
     "add_tls_args",
+    "add_uvloop_arg",
     "limits_from",
     "print_json",
     "protocol_from",
+    "stop_on_signals",
     "tls_from",
 ]
 
@@ -67,12 +73,15 @@ def tls_from(args: argparse.Namespace, *, server: bool) -> TLSOptions | None:
     )
 
 
-def add_protocol_args(parser: argparse.ArgumentParser) -> None:
+def add_protocol_args(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
     """Framed-protocol options: codec, secret, name, sizes, heartbeat."""
     group = parser.add_argument_group("framed protocol")
-    group.add_argument(
-        "--codec", default=None, help="payload codec: bytes, json, msgpack (default: bytes)"
+    codec_help = (
+        "payload codecs to accept, comma-separated (default: bytes,json,msgpack)"
+        if server
+        else "payload codec: bytes, json, msgpack (default: bytes)"
     )
+    group.add_argument("--codec", default=None, help=codec_help)
     group.add_argument(
         "--secret-env",
         metavar="VAR",
@@ -154,3 +163,36 @@ def print_json(obj: Any) -> None:
     """One JSON document per line on stdout."""
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
+
+
+def add_uvloop_arg(parser: argparse.ArgumentParser) -> None:
+    """--no-uvloop: run on the standard asyncio loop even when uvloop is installed."""
+    parser.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="use the standard asyncio event loop even when uvloop is installed",
+    )
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event that SIGINT or SIGTERM sets while the block runs (how servers stop: exit 0).
+
+    Enter it before announcing an address, so that a signal sent right after the
+    announcement stops the server gracefully. Call from a coroutine in the main thread;
+    elsewhere the event is only set by code.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            continue
+        installed.append(sig)
+    try:
+        yield stop
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,381 @@
+"""``opensocket echo`` and ``opensocket echo serve`` over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import opensocket
+from opensocket.address import Address
+from opensocket.cli import echo as echo_cli
+from opensocket.cli import main
+from tests.tlsutil import make_pki
+
+from .conftest import CLI, WAIT, EchoServers, run_cli, socat_echo, tool
+
+REPLY = re.compile(r"^reply 'hello' \d+\.\d{3} ms$")
+
+
+# ---- subprocess: the framed server on tcp, udp and unix ---------------------------------------
+
+
+def test_server_announces_every_address_with_its_port(echo_servers: EchoServers) -> None:
+    info = echo_servers.info
+    assert info["event"] == "listening"
+    assert info["mode"] == "framed"
+    tcp, udp = echo_servers.urls["tcp"], echo_servers.urls["udp"]
+    assert re.fullmatch(r"tcp://127\.0\.0\.1:[1-9]\d*", tcp)
+    assert re.fullmatch(r"udp://127\.0\.0\.1:[1-9]\d*", udp)
+    assert f"opensocket echo {tcp}" in info["connect"]
+    assert f"opensocket echo {echo_servers.urls['unix']}" in info["connect"]
+
+
+def test_client_process_counts_framed_replies(echo_servers: EchoServers) -> None:
+    done = run_cli("echo", echo_servers.urls["tcp"], "--count", "3", "--interval", "0.01")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert len(lines) == 4
+    assert all(REPLY.match(line) for line in lines[:3]), lines
+    assert re.fullmatch(r"sent 3, received 3, lost 0, rtt min/avg/max [\d./]+ ms", lines[3])
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_every_codec_is_echoed(echo_servers: EchoServers, codec: str) -> None:
+    lines = b'{"a": [1, 2]}\nnot json\n'
+    done = run_cli("echo", echo_servers.urls["tcp"], "--codec", codec, "--json", input=lines)
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["reply"] for o in out[:2]] == [{"a": [1, 2]}, "not json"]
+    assert all(o["rtt_ms"] > 0 for o in out[:2])
+    assert out[2]["sent"] == out[2]["received"] == 2
+    assert out[2]["lost"] == 0
+    assert set(out[2]["rtt_ms"]) == {"min", "avg", "max"}
+
+
+def test_udp_echo_client_process(echo_servers: EchoServers) -> None:
+    done = run_cli("echo", echo_servers.urls["udp"], "-c", "2", "-m", "hello")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert REPLY.match(lines[0])
+    assert REPLY.match(lines[1])
+    assert lines[2].startswith("sent 2, received 2, lost 0")
+
+
+def test_unix_echo_reads_stdin_lines(echo_servers: EchoServers) -> None:
+    done = run_cli("echo", echo_servers.urls["unix"], input=b"first\nsecond\n\xff\n")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].startswith("reply 'first' ")
+    assert lines[1].startswith("reply 'second' ")
+    assert lines[2].startswith("reply '\\\\xff' ")  # undecodable bytes shown escaped
+    assert lines[3].startswith("sent 3, received 3, lost 0")
+
+
+def test_client_process_to_a_closed_port_exits_1(free_port: int) -> None:
+    done = run_cli("echo", f"tcp://127.0.0.1:{free_port}", "--count", "1")
+    assert done.returncode == 1
+    assert b"nothing is listening" in done.stderr
+    assert done.stderr.count(b"\n") == 1
+
+
+def test_framed_client_to_a_byte_echo_suggests_raw(
+    spawn: Any, free_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    socat_echo(spawn, f"TCP-LISTEN:{free_port},bind=127.0.0.1,reuseaddr")
+    assert main(["echo", f"tcp://127.0.0.1:{free_port}", "-c", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "does not speak the opensocket framed protocol" in err
+    assert err.rstrip().endswith("add --raw)")
+
+
+# ---- in process: the client against the shared server ----------------------------------------
+
+
+def test_in_process_client_json(
+    echo_servers: EchoServers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["echo", echo_servers.urls["tcp"], "--count", "2", "--message", "hi", "--json"]
+    assert main([*argv, "--no-uvloop"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o.get("reply") for o in out[:2]] == ["hi", "hi"]
+    assert out[2]["sent"] == out[2]["received"] == 2
+
+
+def test_in_process_client_reads_replaced_stdin(
+    echo_servers: EchoServers, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"one\r\ntwo")))
+    assert main(["echo", echo_servers.urls["udp"]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("reply 'one' ")
+    assert lines[1].startswith("reply 'two' ")
+    assert lines[2].startswith("sent 2, received 2, lost 0")
+
+
+def test_missing_reply_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """A peer that accepts and never answers: the reply times out, the run fails."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        assert main(["echo", url, "--raw", "-c", "1", "--timeout", "0.2"]) == 1
+    captured = capsys.readouterr()
+    assert "no reply within 0.2s" in captured.err
+    assert captured.out.splitlines()[-1] == "sent 1, received 0, lost 1"
+
+
+def test_raw_client_reports_a_closed_stream(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as closing:
+        closing.bind(("127.0.0.1", 0))
+        closing.listen()
+        url = f"tcp://127.0.0.1:{closing.getsockname()[1]}"
+
+        def accept_and_close() -> None:
+            conn, _ = closing.accept()
+            with conn:
+                conn.recv(100)  # read the line first: closing with unread data would reset
+
+        thread = threading.Thread(target=accept_and_close)
+        thread.start()
+        try:
+            assert main(["echo", url, "--raw", "-c", "2"]) == 1
+        finally:
+            thread.join(10)
+    captured = capsys.readouterr()
+    assert "the server closed the stream" in captured.err
+    assert captured.out.splitlines()[-1] == "sent 1, received 0, lost 1"
+
+
+# ---- raw echo server with socat and nc as peers -----------------------------------------------
+
+
+def test_raw_server_with_socat_and_nc(spawn: Any) -> None:
+    server = spawn("echo", "serve", "tcp://127.0.0.1:0", "--raw", "--json")
+    info = server.json_line()
+    assert info["mode"] == "raw"
+    assert info["connect"] == [f"opensocket echo {info['addresses'][0]} --raw"]
+    port = info["addresses"][0].rsplit(":", 1)[1]
+    blob = os.urandom(200_000) + b"\n"
+    socat = spawn(tool("socat"), "-", f"TCP:127.0.0.1:{port}", stdin=blob, cli=False)
+    assert socat.rest_bytes() == blob
+    assert socat.wait() == 0
+    nc = spawn(tool("nc"), "-N", "127.0.0.1", port, stdin=b"via nc\n", cli=False)
+    assert nc.line() == "via nc\n"
+    assert nc.wait() == 0
+    assert server.stop() == 0
+    summary = json.loads(server.rest())
+    assert summary["event"] == "stopped"
+    assert summary["connections"] == 2
+    assert summary["bytes_in"] == summary["bytes_out"] == len(blob) + len(b"via nc\n")
+
+
+def test_serve_raw_in_process_stops_on_sigint(
+    free_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """socat retries until the server is up; once it is done, SIGINT stops the server."""
+    socat = _start_socat(["-", f"TCP:127.0.0.1:{free_port},retry=100,interval=0.05"], b"ping\n")
+    stopper = threading.Thread(target=_interrupt_after, args=(socat,))
+    stopper.start()
+    try:
+        code = main(["echo", "serve", f"tcp://127.0.0.1:{free_port}", "--raw"])
+    finally:
+        stopper.join(10)
+        echoed = _reap(socat)
+    assert code == 0
+    assert echoed == b"ping\n"
+    out = capsys.readouterr().out
+    assert f"echo server listening on tcp://127.0.0.1:{free_port} (raw bytes)" in out
+    assert f"  opensocket echo tcp://127.0.0.1:{free_port} --raw" in out
+    assert "1 connection, 0 messages, 5 bytes in, 5 bytes out" in out
+
+
+def _start_socat(args: list[str], data: bytes) -> Any:
+    proc = subprocess.Popen([tool("socat"), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(data)
+    proc.stdin.close()
+    return proc
+
+
+def _interrupt_after(proc: Any) -> None:
+    try:
+        proc.wait(timeout=10)
+    finally:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _reap(proc: Any) -> bytes:
+    """Kill our socat if it still runs; return what it printed."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    with proc.stdout:
+        data: bytes = proc.stdout.read()
+    return data
+
+
+# ---- in process: the framed server, TLS ------------------------------------------------------
+
+
+def _run_server_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch, client: Any) -> int:
+    """Run ``main(argv)``; once it has announced, ``client(service, commands, args)`` runs in
+    a thread (``commands``: the connect commands it printed), then SIGINT stops the server."""
+    started = threading.Event()
+    announced_with: list[tuple[echo_cli.EchoService, list[str], Any]] = []
+    announce = echo_cli._announce
+
+    def announced(args: Any, service: echo_cli.EchoService, *rest: Any) -> None:
+        announce(args, service, *rest)
+        announced_with.append((service, echo_cli.connect_commands(args, service), args))
+        started.set()
+
+    errors: list[BaseException] = []
+
+    def run_client() -> None:
+        if not started.wait(10):
+            return
+        try:
+            asyncio.run(client(*announced_with[0]))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(echo_cli, "_announce", announced)
+    thread = threading.Thread(target=run_client)
+    thread.start()
+    try:
+        code = main(argv)
+    finally:
+        thread.join(10)
+    if errors:
+        raise errors[0]
+    return code
+
+
+def test_framed_server_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sock_path: str
+) -> None:
+    async def client(service: echo_cli.EchoService, commands: list[str], args: Any) -> None:
+        tcp, unix = (str(a) for a in service.addresses)
+        assert commands == [f"opensocket echo {tcp}", f"opensocket echo {unix}"]
+        async with await opensocket.connect(tcp, codec="json") as conn:
+            await conn.send({"n": 1})
+            assert await conn.recv() == {"n": 1}
+        async with await opensocket.connect(unix) as conn:
+            await conn.send_many([b"a", b"b"])
+            assert [await conn.recv(), await conn.recv()] == [b"a", b"b"]
+
+    argv = ["echo", "serve", "tcp://127.0.0.1:0", f"unix://{sock_path}", "--json", "--no-uvloop"]
+    assert _run_server_in_process(argv, monkeypatch, client) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["addresses"][1] == f"unix://{sock_path}"
+    assert lines[1]["event"] == "stopped"
+    assert lines[1]["connections"] == 2
+    assert lines[1]["messages"] == 3
+    assert not Path(sock_path).exists()
+
+
+def test_mutual_tls_server_in_process_prints_a_working_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+
+    async def client(service: echo_cli.EchoService, commands: list[str], args: Any) -> None:
+        """Connect with exactly the files that the printed command names."""
+        words = commands[0].split()
+        assert words[:3] == ["opensocket", "echo", str(service.addresses[0])]
+        flags = dict(zip(words[3::2], words[4::2], strict=True))
+        assert flags == {
+            "--tls-ca": pki.ca_cert,
+            "--tls-cert": pki.client_cert,
+            "--tls-key": pki.client_key,
+        }
+        tls = opensocket.TLSOptions(
+            ca_file=flags["--tls-ca"], cert_file=flags["--tls-cert"], key_file=flags["--tls-key"]
+        )
+        async with await opensocket.connect(words[2], tls=tls, codec="json") as conn:
+            await conn.send(["secure"])
+            assert await conn.recv() == ["secure"]
+
+    argv = ["echo", "serve", "tls://127.0.0.1:0", "--tls-cert", pki.server_cert]
+    argv += ["--tls-key", pki.server_key, "--tls-ca", pki.ca_cert, "--tls-client-auth", "required"]
+    assert _run_server_in_process(argv, monkeypatch, client) == 0
+    out = capsys.readouterr().out
+    assert "(framed: bytes, json, msgpack)" in out
+    assert "1 connection, 1 message," in out
+
+
+def test_tls_hint_finds_the_ca_beside_the_certificate(tmp_path: Path) -> None:
+    """Without --tls-ca the server's folder is searched for ca.pem ('opensocket cert' layout)."""
+    pki = make_pki(tmp_path)
+    args = main_parser_args(["echo", "serve", "tls://127.0.0.1:0", "--tls-cert", pki.server_cert])
+    assert echo_cli._tls_flags(args) == [f"--tls-ca {pki.ca_cert}"]
+    lone = tmp_path / "self-signed.pem"
+    lone.write_bytes(Path(pki.server_cert).read_bytes())
+    args = main_parser_args(["echo", "serve", "tls://127.0.0.1:0", "--tls-cert", str(lone)])
+    assert echo_cli._tls_flags(args) == [f"--tls-ca {lone}"]
+
+
+def main_parser_args(argv: list[str]) -> Any:
+    from opensocket.cli import _join_nested, build_parser
+
+    return build_parser().parse_args(_join_nested(argv))
+
+
+def test_wildcards_are_dialled_on_loopback() -> None:
+    assert str(echo_cli.reachable_address(Address("tcp", "::", 9000))) == "tcp://127.0.0.1:9000"
+    assert str(echo_cli.reachable_address(Address("udp", "0.0.0.0", 53))) == "udp://127.0.0.1:53"
+    assert str(echo_cli.reachable_address(Address("tcp", "::1", 1))) == "tcp://[::1]:1"
+
+
+def test_a_late_reply_is_skipped_not_misattributed(capsys: pytest.CaptureFixture[str]) -> None:
+    """The peer answers the first line only together with the second one."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+
+        def hold_then_answer_both() -> None:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as lines:
+                first = lines.readline()
+                second = lines.readline()
+                conn.sendall(first + second)
+                lines.readline()  # until the client closes
+
+        thread = threading.Thread(target=hold_then_answer_both)
+        thread.start()
+        try:
+            argv = ["echo", url, "--raw", "--timeout", "0.2"]
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"first\nsecond\n")))
+                assert main(argv) == 1
+        finally:
+            thread.join(10)
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("reply 'second' ")
+    assert lines[1] == "sent 2, received 1, lost 1" or lines[1].startswith(
+        "sent 2, received 1, lost 1, rtt"
+    )
+    assert captured.err.count("no reply within 0.2s") == 1
+
+
+def test_a_closed_stdin_does_not_crash_the_loop(echo_servers: EchoServers) -> None:
+    """With fd 0 closed, a socket would get it and libuv aborts when closing fd 0-2."""
+    argv = ["sh", "-c", 'exec "$@" <&-', "sh", *CLI, "echo", echo_servers.urls["udp"], "-c", "1"]
+    done = subprocess.run(argv, capture_output=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"reply 'hello' ")
