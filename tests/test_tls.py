@@ -553,3 +553,13 @@ def test_tls_error_for_a_closed_connection() -> None:
     assert "the client h:1 closed the connection" in str(server)
     same = TLSHandshakeError("already translated")
     assert tls_error(same, "h:1") is same
+
+
+def test_mutual_tls_without_a_client_ca_is_refused_at_start(pki: Pki) -> None:
+    from opensocket.errors import ConfigError
+    from opensocket.options import TLSOptions
+    from opensocket.tls import server_context
+
+    opts = TLSOptions(cert_file=pki.server_cert, key_file=pki.server_key, client_auth="required")
+    with pytest.raises(ConfigError, match="needs the CA that signs the client certificates"):
+        server_context(opts)

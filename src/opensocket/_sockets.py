@@ -293,6 +293,27 @@ def literal_info(addr: Address, kind: socket.SocketKind) -> AddrInfo | None:
     return (family, kind, 0, "", (addr.host, addr.port))
 
 
+def connect_datagram(
+    addr: Address, infos: Sequence[AddrInfo], opts: SocketOptions
+) -> socket.socket:
+    """A non-blocking UDP socket connected to the first of ``infos`` that accepts it."""
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            apply_options(sock, opts)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    if error is None:
+        raise AddressError(f"{addr.hostport} resolved to no address")
+    raise connect_error(error, addr, opts.connect_timeout) from error
+
+
 def close_quietly(sock: socket.socket | None) -> None:
     """Close a socket, ignoring errors (cleanup paths)."""
     if sock is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from .errors import ConfigError
@@ -108,6 +108,24 @@ class ProtocolOptions:
             raise ConfigError("checksum must be 'on', 'off' or 'auto'")
 
 
+def merge_protocol_options(
+    protocol: ProtocolOptions | None,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+) -> ProtocolOptions:
+    """ProtocolOptions with the ``connect``/``serve`` keyword shortcuts applied."""
+    opts = protocol or ProtocolOptions()
+    changes: dict[str, object] = {}
+    if codec is not None:
+        changes["codecs"] = (codec,) if isinstance(codec, str) else tuple(codec)
+    if secret is not None:
+        changes["secret"] = secret.encode() if isinstance(secret, str) else secret
+    if name is not None:
+        changes["name"] = name
+    return replace(opts, **changes) if changes else opts  # type: ignore[arg-type]
+
+
 ClientAuth = Literal["none", "optional", "required"]
 
 
@@ -159,7 +177,8 @@ class ServerLimits:
     ``allow``/``deny`` are CIDR blocks (deny wins; an empty allow list allows everyone).
     ``rate``/``burst`` are a per-IP token bucket for new connections. ``send_buffer_limit``
     bounds each connection's outgoing buffer: ``send`` waits while it is full, and a peer that
-    stays stuck for ``stuck_timeout`` seconds is dropped.
+    stays stuck for ``stuck_timeout`` seconds is dropped. The blocking server runs handlers on
+    ``workers`` threads; ``max_pending`` connections (default 4 per worker) may wait for one.
     """
 
     max_connections: int = 10_000
@@ -174,6 +193,7 @@ class ServerLimits:
     stuck_timeout: float = 30.0
     shutdown_grace: float = 5.0
     workers: int = 64
+    max_pending: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_connections < 1 or self.max_connections_per_ip < 1:
@@ -189,3 +209,5 @@ class ServerLimits:
             raise ConfigError("send_buffer_limit must be at least 1024 bytes")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if self.max_pending is not None and self.max_pending < 0:
+            raise ConfigError("max_pending must be 0 or more")

@@ -110,11 +110,14 @@ def server_context(opts: TLSOptions | ssl.SSLContext | None) -> ssl.SSLContext:
     _versions(ctx, opts)
     _load_chain(ctx, opts, "server")
     if opts.client_auth != "none":
+        if not opts.ca_file:
+            # Without it every client certificate would be refused at run time; say so now.
+            raise ConfigError(
+                f"client_auth={opts.client_auth!r} (mutual TLS) needs the CA that signs the "
+                "client certificates: pass ca_file (--tls-ca)"
+            )
         ctx.verify_mode = ssl.CERT_REQUIRED if opts.client_auth == "required" else ssl.CERT_OPTIONAL
-        if opts.ca_file:
-            _load_ca(ctx, opts.ca_file)
-        else:
-            ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        _load_ca(ctx, opts.ca_file)
     return ctx
 
 

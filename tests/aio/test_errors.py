@@ -154,7 +154,7 @@ def test_connect_error_translation() -> None:
 async def test_a_plain_tcp_peer_is_not_an_opensocket_server() -> None:
     # socat answers the HELLO by echoing it: the client must fail the handshake clearly.
     async with socat("TCP-LISTEN:0,bind=127.0.0.1,reuseaddr", "PIPE") as port:
-        with pytest.raises(ProtocolError, match="unexpected HELLO frame"):
+        with pytest.raises(ProtocolError, match="sent our HELLO back: it is an echo server"):
             await opensocket.connect(f"tcp://127.0.0.1:{port}")
 
 

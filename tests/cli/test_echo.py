@@ -95,8 +95,8 @@ def test_framed_client_to_a_byte_echo_suggests_raw(
     socat_echo(spawn, f"TCP-LISTEN:{free_port},bind=127.0.0.1,reuseaddr")
     assert main(["echo", f"tcp://127.0.0.1:{free_port}", "-c", "1"]) == 1
     err = capsys.readouterr().err
-    assert "does not speak the opensocket framed protocol" in err
-    assert err.rstrip().endswith("add --raw)")
+    assert "not an opensocket server" in err
+    assert "--raw" in err
 
 
 # ---- in process: the client against the shared server ----------------------------------------

@@ -334,9 +334,9 @@ CASES = [
         "hello-to-client",
         fresh_client,
         HELLO,
-        UnexpectedFrame,
-        1002,
-        "unexpected HELLO frame in state await_welcome",
+        HandshakeError,
+        4004,
+        "the peer sent our HELLO back: it is an echo server",
     ),
     Case(
         "auth-ok-early",

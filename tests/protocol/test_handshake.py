@@ -470,3 +470,16 @@ def test_a_connection_without_options_uses_the_defaults() -> None:
     srv = server()
     srv.receive_data(data, 0.0)
     assert srv.state is State.OPEN
+
+
+def test_a_client_that_gets_its_hello_back_is_told_the_peer_is_an_echo() -> None:
+    from opensocket.errors import HandshakeError
+
+    from .helpers import client, terminated
+
+    conn = client()
+    conn.receive_data(conn.data_to_send(), 0.0)  # what a byte-echo server does
+    term = terminated(conn)
+    assert isinstance(term.error, HandshakeError)
+    assert "sent our HELLO back" in term.reason
+    assert "raw=True" in term.reason

@@ -113,8 +113,8 @@ def test_connection_limit_rejects_with_a_clear_error() -> None:
 
 
 def test_busy_workers_queue_then_refuse() -> None:
-    limits = ServerLimits(workers=1)
-    with echo_server(limits=limits, max_pending=1) as server:
+    limits = ServerLimits(workers=1, max_pending=1)
+    with echo_server(limits=limits) as server:
         first = sync.connect(server.url)
         served(first)  # holds the only worker
         waiting = sync.connect(server.url)  # admitted: waits for a worker

@@ -10,7 +10,13 @@ from typing import Any, Literal, TypeVar, overload
 from ..address import Address, format_sockaddr, parse_address
 from ..errors import ConfigError
 from ..hooks import Hooks
-from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
+from ..options import (
+    ProtocolOptions,
+    ServerLimits,
+    SocketOptions,
+    TLSOptions,
+    merge_protocol_options,
+)
 from ..protocol.connection import Role
 from ._connect import open_socket, open_transport
 from ._framed import Connection, FramedProtocol, client_core
@@ -33,28 +39,6 @@ __all__ = [
 T = TypeVar("T")
 TLSArg = TLSOptions | ssl.SSLContext | None
 STREAM_SCHEMES = frozenset({"tcp", "tls", "unix"})
-
-
-def protocol_options(
-    protocol: ProtocolOptions | None,
-    codec: str | tuple[str, ...] | None,
-    secret: bytes | str | None,
-    name: str | None,
-) -> ProtocolOptions:
-    """Merge the keyword shortcuts into a ProtocolOptions."""
-    opts = protocol or ProtocolOptions()
-    changes: dict[str, Any] = {}
-    if codec is not None:
-        changes["codecs"] = (codec,) if isinstance(codec, str) else tuple(codec)
-    if secret is not None:
-        changes["secret"] = secret.encode() if isinstance(secret, str) else secret
-    if name is not None:
-        changes["name"] = name
-    if not changes:
-        return opts
-    from dataclasses import replace
-
-    return replace(opts, **changes)
 
 
 def _stream_address(url: str | Address) -> Address:
@@ -115,11 +99,19 @@ async def connect(
     loop = asyncio.get_running_loop()
     if raw:
         return await _connect_raw(addr, opts, tls)
-    popts = protocol_options(protocol, codec, secret, name)
+    popts = merge_protocol_options(protocol, codec, secret, name)
     use_tls = addr.is_tls or tls is not None
-    core = client_core(Role.CLIENT, popts, loop=loop, tls=use_tls, idle=opts.idle_timeout)
-    proto = FramedProtocol(core, peer=addr.hostport, write_timeout=opts.write_timeout, hooks=hooks)
-    transport, _ = await open_transport(addr, lambda: proto, opts, tls)
+
+    def factory() -> FramedProtocol:
+        # The core is made once the socket (and TLS) is up: its handshake deadline starts
+        # then, so a slow connect does not eat into the handshake timeout.
+        core = client_core(Role.CLIENT, popts, loop=loop, tls=use_tls, idle=opts.idle_timeout)
+        return FramedProtocol(
+            core, peer=addr.hostport, write_timeout=opts.write_timeout, hooks=hooks
+        )
+
+    transport, proto = await open_transport(addr, factory, opts, tls)
+    assert isinstance(proto, FramedProtocol)
     try:
         await asyncio.shield(proto.ready)
     except BaseException as exc:
@@ -178,7 +170,7 @@ async def serve(
     server = Server(
         handler,
         raw=raw,
-        protocol=protocol_options(protocol, codec, secret, name),
+        protocol=merge_protocol_options(protocol, codec, secret, name),
         options=options or SocketOptions(),
         limits=limits or ServerLimits(),
         tls=tls if ("tls" in schemes or tls is not None) else None,

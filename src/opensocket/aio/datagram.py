@@ -10,9 +10,8 @@ from typing import Any
 
 from .._sockets import (
     AddrInfo,
-    apply_options,
     bind_sockets,
-    connect_error,
+    connect_datagram,
     interleave,
     literal_info,
     resolution_error,
@@ -202,22 +201,6 @@ async def _bound_socket(addr: Address, opts: SocketOptions) -> socket.socket:
     return sock
 
 
-async def _connected_socket(addr: Address, opts: SocketOptions) -> socket.socket:
-    error: OSError | None = None
-    for family, kind, proto, _, sockaddr in await _infos(addr, passive=False):
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            apply_options(sock, opts)
-            sock.connect(sockaddr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-    assert error is not None
-    raise connect_error(error, addr, opts.connect_timeout) from error
-
-
 async def open_datagram_endpoint(
     url: str | Address,
     *,
@@ -233,7 +216,7 @@ async def open_datagram_endpoint(
         sock = await _bound_socket(addr, opts)
         remote = None
     else:
-        sock = await _connected_socket(addr, opts)
+        sock = connect_datagram(addr, await _infos(addr, passive=False), opts)
         remote = addr
     queue = _Queue(queue_limit)
     try:

@@ -472,6 +472,11 @@ class FramedConnection:
 
     def _handle(self, frame: Frame, now: float) -> None:
         ftype = frame.type
+        if ftype == FrameType.HELLO and self.role is Role.CLIENT:
+            raise HandshakeError(
+                "the peer sent our HELLO back: it is an echo server or a plain byte pipe, not "
+                "an opensocket server (talk to it with raw=True / --raw)"
+            )
         if ftype not in ALLOWED[self.step]:
             name = FrameType(ftype).name if ftype in FrameType._value2member_map_ else hex(ftype)
             raise UnexpectedFrame(f"unexpected {name} frame in state {self.step.name.lower()}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Literal, overload
 
 from .._log import safe_call
@@ -25,7 +24,13 @@ from .._sockets import close_quietly
 from ..address import Address, parse_address
 from ..errors import ConfigError, HandshakeTimeout
 from ..hooks import Hooks
-from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
+from ..options import (
+    ProtocolOptions,
+    ServerLimits,
+    SocketOptions,
+    TLSOptions,
+    merge_protocol_options,
+)
 from ..protocol.connection import FramedConnection, Role
 from ._connect import open_socket, open_transport
 from ._framed import Connection, FramedLink
@@ -47,24 +52,6 @@ __all__ = [
 TLSArg = TLSOptions | ssl.SSLContext | None
 STREAM_SCHEMES = frozenset({"tcp", "tls", "unix"})
 HANDSHAKE_SLACK = 5.0
-
-
-def protocol_options(
-    protocol: ProtocolOptions | None,
-    codec: str | tuple[str, ...] | None,
-    secret: bytes | str | None,
-    name: str | None,
-) -> ProtocolOptions:
-    """Merge the keyword shortcuts into a ProtocolOptions."""
-    opts = protocol or ProtocolOptions()
-    changes: dict[str, Any] = {}
-    if codec is not None:
-        changes["codecs"] = (codec,) if isinstance(codec, str) else tuple(codec)
-    if secret is not None:
-        changes["secret"] = secret.encode() if isinstance(secret, str) else secret
-    if name is not None:
-        changes["name"] = name
-    return replace(opts, **changes) if changes else opts
 
 
 def _stream_address(url: str | Address) -> Address:
@@ -122,7 +109,7 @@ def connect(
     """
     addr = _stream_address(url)
     opts = options or SocketOptions()
-    popts = protocol_options(protocol, codec, secret, name)
+    popts = merge_protocol_options(protocol, codec, secret, name)
     transport = open_transport(addr, opts, tls)
     if raw:
         return Stream(transport, read_timeout=opts.read_timeout, write_timeout=opts.write_timeout)
@@ -180,15 +167,14 @@ def serve(
     protocol: ProtocolOptions | None = None,
     limits: ServerLimits | None = None,
     hooks: Hooks | None = None,
-    max_pending: int | None = None,
 ) -> Server:
     """Listen on ``url`` (or several) and run ``handler(conn)`` in a worker thread per connection.
 
     ``handler`` gets a ``Connection`` (or a ``Stream`` with ``raw=True``); when it returns the
     connection is closed. Port 0 picks a free port: read ``server.addresses``. ``limits``
-    protect the server (connection caps, access lists, rate limits, timeouts, ``workers``);
-    ``max_pending`` connections may wait for a free worker (default 4 per worker), and
-    connections beyond that are refused. The server runs until ``shutdown()``.
+    protect the server (connection caps, access lists, rate limits, timeouts, ``workers`` and
+    ``max_pending``: connections beyond the waiting room are refused). The server runs
+    until ``shutdown()``.
     """
     urls = url if isinstance(url, list) else [url]
     addrs = [_stream_address(u) for u in urls]
@@ -197,18 +183,15 @@ def serve(
         raise ConfigError("serve tls:// and plaintext addresses from two servers, not one")
     if "tls" in schemes and tls is None:
         raise ConfigError("a tls:// server needs TLS options with a certificate and key")
-    if max_pending is not None and max_pending < 0:
-        raise ConfigError("max_pending must be 0 or more")
     server = Server(
         handler,
         raw=raw,
-        protocol=protocol_options(protocol, codec, secret, name),
+        protocol=merge_protocol_options(protocol, codec, secret, name),
         options=options or SocketOptions(),
         limits=limits or ServerLimits(),
         tls=tls if ("tls" in schemes or tls is not None) else None,
         hooks=hooks,
         scheme=addrs[0].scheme,
-        max_pending=max_pending,
     )
     try:
         for addr in addrs:

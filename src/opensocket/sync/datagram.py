@@ -6,7 +6,14 @@ import contextlib
 import socket
 import time
 
-from .._sockets import bind_sockets, connect_error, interleave, literal_info, resolution_error
+from .._sockets import (
+    AddrInfo,
+    bind_sockets,
+    connect_datagram,
+    interleave,
+    literal_info,
+    resolution_error,
+)
 from ..address import Address, from_sockaddr, parse_address
 from ..errors import ConnectionClosedOK, OpenSocketError, ReadTimeout, WriteTimeout
 from ..options import SocketOptions
@@ -114,26 +121,14 @@ class DatagramEndpoint:
         return f"<DatagramEndpoint {self.local_address} -> {self.remote_address or '*'}>"
 
 
-def _connected_socket(addr: Address, opts: SocketOptions) -> socket.socket:
+def _resolve(addr: Address) -> list[AddrInfo]:
     literal = literal_info(addr, socket.SOCK_DGRAM)
     if literal is not None:
-        infos = [literal]
-    else:
-        try:
-            infos = interleave(socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_DGRAM))
-        except socket.gaierror as exc:
-            raise resolution_error(addr, exc) from exc
-    error: OSError | None = None
-    for family, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.connect(sockaddr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-    assert error is not None
-    raise connect_error(error, addr, opts.connect_timeout) from error
+        return [literal]
+    try:
+        return interleave(socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_DGRAM))
+    except socket.gaierror as exc:
+        raise resolution_error(addr, exc) from exc
 
 
 def open_datagram_endpoint(
@@ -147,4 +142,6 @@ def open_datagram_endpoint(
         for other in extra:  # a name with several addresses: one endpoint uses the first
             other.close()
         return DatagramEndpoint(sock, None, write_timeout=opts.write_timeout)
-    return DatagramEndpoint(_connected_socket(addr, opts), addr, write_timeout=opts.write_timeout)
+    return DatagramEndpoint(
+        connect_datagram(addr, _resolve(addr), opts), addr, write_timeout=opts.write_timeout
+    )

@@ -4,7 +4,7 @@ The accept thread waits on every listening socket (and a wake-up socket, so shut
 prompt), runs admission control and starts a thread per admitted connection. That thread does
 the TLS handshake and then drives the framed handshake under its deadline, so a client that
 never speaks costs no handler worker and is dropped on time. Once the handshake completes the
-connection joins the handler pool: ``limits.workers`` threads, and at most ``max_pending``
+connection joins the handler pool: ``limits.workers`` threads, and at most ``limits.max_pending``
 connections waiting for one; connections beyond that are refused with a clear error.
 """
 
@@ -121,7 +121,6 @@ class Server:
         tls: TLSOptions | ssl.SSLContext | None,
         hooks: Hooks | None,
         scheme: str,
-        max_pending: int | None = None,
     ) -> None:
         self.handler = handler
         self.raw = raw
@@ -133,7 +132,9 @@ class Server:
         self.hooks = hooks or Hooks()
         self.addresses: list[Address] = []
         self.max_pending = (
-            PENDING_PER_WORKER * limits.workers if max_pending is None else max_pending
+            PENDING_PER_WORKER * limits.workers
+            if limits.max_pending is None
+            else limits.max_pending
         )
         self._ssl = tlsmod.server_context(tls) if tls is not None or scheme == "tls" else None
         self._admission = Admission(limits)
