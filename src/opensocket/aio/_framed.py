@@ -14,7 +14,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, cast
 
-from .._log import peer_logger, safe_call
+from .._log import PeerLogger, peer_logger, safe_call
 from ..codecs import Codec, get_codec
 from ..errors import (
     CloseCode,
@@ -27,6 +27,7 @@ from ..hooks import Hooks
 from ..protocol.connection import FramedConnection, Role, State
 from ..protocol.decoder import new_scratch
 from ..protocol.events import ConnectionTerminated, HandshakeComplete, PongReceived
+from ..protocol.frame import Frame
 from ..stats import ConnectionStats
 from ..tls import tls_error
 
@@ -38,11 +39,6 @@ _scratch: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, bytearray] = (
 )
 
 
-def item_size(item: Any) -> int:
-    """Bytes a queued message holds (a plain payload, or a Frame with metadata)."""
-    return len(item) if type(item) is bytes else len(item.payload) + len(item.meta)
-
-
 def loop_scratch(loop: asyncio.AbstractEventLoop) -> bytearray:
     """The receive scratch buffer shared by the connections of one event loop."""
     buf = _scratch.get(loop)
@@ -51,8 +47,42 @@ def loop_scratch(loop: asyncio.AbstractEventLoop) -> bytearray:
     return buf
 
 
+def _all_plain(items: list[Any]) -> bool:
+    """True when no item carries metadata (a C-speed check, no per-item Python)."""
+    return Frame not in set(map(type, items))
+
+
 class FramedProtocol(asyncio.BufferedProtocol):
     """Drives a FramedConnection from transport callbacks; owns queues and waiters."""
+
+    # Slots: one of these lives per connection, idle ones included.
+    __slots__ = (
+        "_abort_later",
+        "_drain_waiters",
+        "_flush_scheduled",
+        "_log",
+        "_on_closed",
+        "_on_ready",
+        "_queued_bytes",
+        "_read_paused",
+        "_timer",
+        "_timer_at",
+        "_waiters",
+        "_write_paused",
+        "closed",
+        "connection",
+        "core",
+        "errors",
+        "hooks",
+        "inbox",
+        "loop",
+        "lost",
+        "peer",
+        "ready",
+        "receiver",
+        "transport",
+        "write_timeout",
+    )
 
     def __init__(
         self,
@@ -66,7 +96,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
     ) -> None:
         self.core = core
         self.peer = peer
-        self.log = peer_logger(core.role.value, peer)
+        self._log: PeerLogger | None = None
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.inbox: collections.deque[Any] = collections.deque()
@@ -79,7 +109,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self.connection: Connection | None = None
         self._on_ready = on_ready
         self._on_closed = on_closed
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
         self._read_paused = False
@@ -89,6 +119,14 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self._timer_at: float | None = None
         self._abort_later: asyncio.TimerHandle | None = None
         self.errors = 0
+
+    @property
+    def log(self) -> PeerLogger:
+        """This connection's logger (made on first use: most connections never log)."""
+        log = self._log
+        if log is None:
+            log = self._log = peer_logger(self.core.role.value, self.peer)
+        return log
 
     # ---- transport callbacks -------------------------------------------------------------
 
@@ -169,10 +207,9 @@ class FramedProtocol(asyncio.BufferedProtocol):
             return
         inbox = self.inbox
         inbox.extend(messages)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        self._queued_bytes += sum(map(item_size, messages))
+        if self._waiters:
+            self._wake_readers()
+        self._queued_bytes += sum(map(len, messages))
         opts = self.core.options
         if (
             not self._read_paused
@@ -208,30 +245,47 @@ class FramedProtocol(asyncio.BufferedProtocol):
         """Wait until the inbox has something or the connection ended."""
         if self.core.state is State.CLOSED:
             raise self.core.closed_exception()
-        # One future shared by every waiting task (several may recv at once); shielded so
-        # that one waiter's timeout or cancellation does not cancel it for the others.
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            waiter = self._waiter = self.loop.create_future()
+        # A future per waiting task (several may recv at once), so that one waiter's timeout
+        # or cancellation never touches the others; no timeout scope unless one is asked for.
+        waiter = self.loop.create_future()
+        self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(waiter)
-        except TimeoutError:
-            raise ReadTimeout(f"no message from {self.peer} within {timeout:g}s") from None
+            if timeout is None:
+                await waiter
+            else:
+                async with asyncio.timeout(timeout):
+                    await waiter
+        except BaseException as exc:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise ReadTimeout(f"no message from {self.peer} within {timeout:g}s") from None
+            raise
+
+    def _wake_readers(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # ---- output ----------------------------------------------------------------------------
 
     def schedule_flush(self) -> None:
-        """Flush now if much is queued, else once at the end of this loop iteration."""
-        if self.core._out.__len__() >= FLUSH_AT:
-            self.flush()
-        elif not self._flush_scheduled:
+        """Write the first message of a loop iteration at once (lowest latency); coalesce the
+        ones that follow into one write at the end of the iteration, or per 64 KiB."""
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
+            self._write()
+        elif len(self.core._out) >= FLUSH_AT:
+            self._write()
 
     def flush(self) -> None:
         """Hand everything queued in the core to the transport."""
         self._flush_scheduled = False
+        self._write()
+
+    def _write(self) -> None:
         data = self.core.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -306,9 +360,8 @@ class FramedProtocol(asyncio.BufferedProtocol):
                 self._abort_later = self.loop.call_later(
                     self.core.options.close_timeout, transport.abort
                 )
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._waiters:
+            self._wake_readers()
         if not self.closed.done():
             self.closed.set_result(None)
         if self.connection is not None:
@@ -440,12 +493,11 @@ class Connection:
         while not inbox:
             await proto.wait_message(timeout)
         item = inbox.popleft()
-        if type(item) is bytes:
-            proto.taken(len(item))
-            if self._decode is None:
-                return item
-        else:
-            proto.taken(item_size(item))
+        proto._queued_bytes -= len(item)
+        if proto._read_paused:
+            proto.taken(0)
+        if self._decode is None and type(item) is bytes:
+            return item
         return self._decode_item(item)
 
     async def recv_batch(
@@ -461,8 +513,8 @@ class Connection:
             inbox.clear()
         else:
             items = [inbox.popleft() for _ in range(max_messages)]
-        proto.taken(sum(map(item_size, items)))
-        if self._decode is None and all(type(i) is bytes for i in items):
+        proto.taken(sum(map(len, items)))
+        if self._decode is None and _all_plain(items):
             return items
         return [self._decode_item(item) for item in items]
 
@@ -479,7 +531,7 @@ class Connection:
         decode = self._decode
 
         def deliver(items: list[Any]) -> None:
-            if decode is None and all(type(i) is bytes for i in items):
+            if decode is None and _all_plain(items):
                 callback(items)
             else:
                 callback([self._decode_item(i) for i in items])
@@ -488,7 +540,7 @@ class Connection:
         if proto.inbox:
             queued = list(proto.inbox)
             proto.inbox.clear()
-            proto.taken(sum(map(item_size, queued)))
+            proto.taken(sum(map(len, queued)))
             deliver(queued)
 
     def _decode_item(self, item: Any) -> Any:

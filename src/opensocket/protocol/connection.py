@@ -66,6 +66,7 @@ __all__ = ["FramedConnection", "Role", "State"]
 _CODE: Final = struct.Struct(">H")
 _STAMP: Final = struct.Struct(">d")
 MAX_REASON: Final = 1024
+JOIN_BELOW: Final = 16 * 1024
 EARLY_MESSAGE: Final = "a message arrived before the handshake completed"
 
 
@@ -153,6 +154,39 @@ def peer_error(code: int, message: str, *, during_handshake: bool) -> OpenSocket
 
 class FramedConnection:
     """The framed protocol, sans I/O. See the module docstring for the state machine."""
+
+    __slots__ = (
+        "_active",
+        "_checksum",
+        "_deadline",
+        "_decoder",
+        "_events",
+        "_heard",
+        "_hello",
+        "_idle_timeout",
+        "_interval",
+        "_nonce",
+        "_out",
+        "_peer_max",
+        "_peer_nonce",
+        "_seen",
+        "_tick",
+        "_welcome",
+        "agreement",
+        "bytes_in",
+        "bytes_out",
+        "close_code",
+        "close_reason",
+        "messages_in",
+        "messages_out",
+        "options",
+        "role",
+        "rtt",
+        "state",
+        "step",
+        "terminated",
+        "tls",
+    )
 
     def __init__(
         self,
@@ -321,7 +355,12 @@ class FramedConnection:
             for payload, size in zip(payloads, sizes, strict=True):
                 append((get(size) or data_tail(size))[2])
                 append(payload)
-        self._out += b"".join(parts)
+        out = self._out
+        if largest < JOIN_BELOW:
+            out += b"".join(parts)  # one C-level pass for many small messages
+        else:
+            for part in parts:  # large payloads: copy each once, not twice
+                out += part
         self.messages_out += len(sizes)
 
     def _too_large(self, size: int) -> FrameTooLarge:
@@ -578,6 +617,8 @@ class FramedConnection:
         self._peer_max = agreement.peer_max_frame_size
         self._interval = agreement.heartbeat
         self._heard = self._active = now
+        # The transcript is only needed to compute the proofs: do not keep it per connection.
+        self._hello = self._welcome = self._nonce = self._peer_nonce = b""
         self._seen = (self.bytes_in, self.bytes_out + len(self._out), 0)
         if self._interval or self._idle_timeout:
             self._tick = now + self._tick_period()

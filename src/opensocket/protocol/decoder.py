@@ -31,7 +31,7 @@ from .frame import (
 
 __all__ = ["FrameDecoder"]
 
-MIN_READ: Final = 64 * 1024
+MIN_READ: Final = 256 * 1024
 SCRATCH_SIZE: Final = 256 * 1024
 
 
@@ -176,7 +176,7 @@ class FrameDecoder:
                 self._start, self._end = 0, pending
             if len(buf) - self._end > 0:
                 return
-        new = bytearray(max(want, 2 * MIN_READ))
+        new = bytearray(want)
         if buf is not None and pending:
             new[:pending] = buf[self._start : self._end]
         self._buf, self._start, self._end = new, 0, pending

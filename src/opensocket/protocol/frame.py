@@ -110,6 +110,10 @@ class Frame:
     meta: bytes
     payload: bytes
 
+    def __len__(self) -> int:
+        """Bytes the frame's body holds (so queues can count sizes with ``len``)."""
+        return len(self.meta) + len(self.payload)
+
 
 def encode_frame(
     out: bytearray,

@@ -36,14 +36,6 @@ __all__ = ["Connection", "FramedLink"]
 FINAL_FLUSH_TIMEOUT = 5.0
 
 
-def _size(item: bytes | Frame) -> int:
-    """Bytes a queued message holds (a plain payload, or a Frame with metadata)."""
-    if type(item) is bytes:
-        return len(item)
-    assert isinstance(item, Frame)
-    return len(item.payload) + len(item.meta)
-
-
 class FramedLink:
     """Drives a FramedConnection over a Transport from a reader thread; owns inbox and locks."""
 
@@ -212,7 +204,7 @@ class FramedLink:
         with self._has_items:
             inbox = self.inbox
             inbox.extend(messages)
-            self._queued_bytes += sum(map(_size, messages))
+            self._queued_bytes += sum(map(len, messages))
             if len(inbox) > opts.max_queued_messages or self._queued_bytes > opts.max_queued_bytes:
                 self._paused = True
             self._has_items.notify_all()
@@ -225,31 +217,50 @@ class FramedLink:
 
     def take(self, max_items: int | None, timeout: float | None) -> list[bytes | Frame]:
         """Wait for queued messages and remove up to ``max_items`` (all when None)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._has_items:
             inbox = self.inbox
-            while not inbox:
-                if self._ended:
-                    raise self.core.closed_exception()
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise ReadTimeout(f"no message from {self.peer} within {timeout:g}s")
-                self._has_items.wait(left)
+            if not inbox:
+                self._wait_items(timeout)
             if max_items is None or max_items >= len(inbox):
                 items = list(inbox)
                 inbox.clear()
             else:
                 items = [inbox.popleft() for _ in range(max_items)]
+            self._queued_bytes -= sum(map(len, items))
             if self._paused:
                 self._maybe_resume()
         return items
+
+    def take_one(self, timeout: float | None) -> bytes | Frame:
+        """Wait for one queued message and remove it (the per-message fast path)."""
+        with self._has_items:
+            inbox = self.inbox
+            if not inbox:
+                self._wait_items(timeout)
+            item = inbox.popleft()
+            self._queued_bytes -= len(item)
+            if self._paused:
+                self._maybe_resume()
+        return item
+
+    def _wait_items(self, timeout: float | None) -> None:
+        """Wait (queue lock held) until the inbox has something; raise at end or timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        inbox = self.inbox
+        while not inbox:
+            if self._ended:
+                raise self.core.closed_exception()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ReadTimeout(f"no message from {self.peer} within {timeout:g}s")
+            self._has_items.wait(left)
 
     def _maybe_resume(self) -> None:
         """Let the reader go on once the application has taken enough (queue lock held)."""
         opts = self.core.options
         if len(self.inbox) > opts.max_queued_messages // 2:
             return
-        self._queued_bytes = sum(map(_size, self.inbox))
+        self._queued_bytes = sum(map(len, self.inbox))
         if self._queued_bytes <= opts.max_queued_bytes // 2:
             self._paused = False
             self._has_space.notify_all()
@@ -380,7 +391,7 @@ class Connection:
 
     def recv(self, timeout: float | None = None) -> Any:
         """Return the next message; ReadTimeout after ``timeout`` s; ConnectionClosed at the end."""
-        item = self._link.take(1, timeout)[0]
+        item = self._link.take_one(timeout)
         if self.codec.decode is None and type(item) is bytes:
             return item
         return self._decode_item(item)
@@ -390,7 +401,7 @@ class Connection:
     ) -> list[Any]:
         """Return every queued message (at least one; at most ``max_messages``)."""
         items = self._link.take(max_messages, timeout)
-        if self.codec.decode is None and all(type(i) is bytes for i in items):
+        if self.codec.decode is None and Frame not in set(map(type, items)):
             return items
         return [self._decode_item(item) for item in items]
 
