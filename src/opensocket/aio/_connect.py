@@ -55,6 +55,8 @@ async def _attempt(info: AddrInfo, opts: SocketOptions) -> socket.socket:
 
 async def _happy_eyeballs(infos: list[AddrInfo], opts: SocketOptions) -> socket.socket:
     """Start an attempt per address, staggered by 250 ms; the first to connect wins."""
+    if len(infos) == 1:  # nothing to race (IP literals, Unix paths): no tasks to pay for
+        return await _attempt(infos[0], opts)
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[socket.socket]] = set()
     errors: list[BaseException] = []
