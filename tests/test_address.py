@@ -79,3 +79,13 @@ def test_from_sockaddr() -> None:
     assert from_sockaddr("unix", "/tmp/s") == Address("unix", path="/tmp/s")
     assert from_sockaddr("unix", "\0abs") == Address("unix", path="@abs")
     assert from_sockaddr("unix", b"\0abs") == Address("unix", path="@abs")
+
+
+def test_stream_address_points_datagram_users_to_open_datagram() -> None:
+    from opensocket.address import stream_address
+
+    assert stream_address("tcp://h:1") == Address("tcp", "h", 1)
+    with pytest.raises(AddressError, match=r"open_datagram\(url\)"):
+        stream_address("udp://127.0.0.1:9")
+    with pytest.raises(AddressError, match="unknown scheme 'http'"):
+        stream_address("http://h:1")

@@ -170,6 +170,17 @@ def parse_address(
     return addr
 
 
+def stream_address(url: str | Address) -> Address:
+    """Parse an address for ``connect``/``serve``: a stream scheme (tcp, tls, unix)."""
+    scheme = (url.scheme if isinstance(url, Address) else url.partition("://")[0]).lower()
+    if scheme in DATAGRAM_SCHEMES:
+        raise AddressError(
+            f"{url} is a datagram address: open it with open_datagram(url); connect and "
+            f"serve take stream addresses; examples: {_EXAMPLES}"
+        )
+    return parse_address(url, schemes=STREAM_SCHEMES)
+
+
 def family_of(host: str) -> socket.AddressFamily | None:
     """Return the family of an IP literal, or None for a host name."""
     try:

@@ -59,12 +59,16 @@ def _msgpack() -> Codec:
         raise ConfigError(
             "the msgpack codec needs the msgpack package: pip install 'opensocket[msgpack]'"
         ) from None
-    packer = msgpack.Packer(use_bin_type=True)
+
+    def encode(obj: Any) -> bytes:
+        # packb, not a shared Packer: a Packer is not safe to use from several threads.
+        data: bytes = msgpack.packb(obj, use_bin_type=True)
+        return data
 
     def decode(data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
-    return Codec("msgpack", packer.pack, decode)
+    return Codec("msgpack", encode, decode)
 
 
 _REGISTRY: dict[str, Codec | Callable[[], Codec]] = {

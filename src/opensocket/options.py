@@ -114,7 +114,8 @@ def merge_protocol_options(
     secret: bytes | str | None = None,
     name: str | None = None,
 ) -> ProtocolOptions:
-    """ProtocolOptions with the ``connect``/``serve`` keyword shortcuts applied."""
+    """ProtocolOptions with the ``connect``/``serve`` keyword shortcuts applied; every codec
+    named must be known and installed (ConfigError otherwise)."""
     opts = protocol or ProtocolOptions()
     changes: dict[str, object] = {}
     if codec is not None:
@@ -123,7 +124,12 @@ def merge_protocol_options(
         changes["secret"] = secret.encode() if isinstance(secret, str) else secret
     if name is not None:
         changes["name"] = name
-    return replace(opts, **changes) if changes else opts  # type: ignore[arg-type]
+    merged = replace(opts, **changes) if changes else opts  # type: ignore[arg-type]
+    from .codecs import get_codec  # here, not at the top: codecs is a layer above options
+
+    for codec_name in merged.codecs:
+        get_codec(codec_name)  # unknown or not installed: a ConfigError now, not mid-handshake
+    return merged
 
 
 ClientAuth = Literal["none", "optional", "required"]
@@ -158,7 +164,9 @@ class TLSOptions:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _networks(values: Sequence[str | Network]) -> tuple[Network, ...]:
+def _networks(values: Sequence[str | Network] | str) -> tuple[Network, ...]:
+    if isinstance(values, str):  # one CIDR block given without a list
+        values = [values]
     out: list[Network] = []
     for value in values:
         try:

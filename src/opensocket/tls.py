@@ -6,6 +6,7 @@ Clients verify the server certificate and host name by default, against the syst
 
 from __future__ import annotations
 
+import os
 import ssl
 
 from .address import Address
@@ -55,15 +56,21 @@ def _versions(ctx: ssl.SSLContext, opts: TLSOptions) -> None:
 def _load_chain(ctx: ssl.SSLContext, opts: TLSOptions, who: str) -> None:
     if not opts.cert_file:
         return
+    for what, path in (("certificate", opts.cert_file), ("key", opts.key_file)):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"the {who} {what} file {path!r} does not exist")
     try:
         ctx.load_cert_chain(opts.cert_file, opts.key_file)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{who} certificate or key file not found: {exc.filename}") from exc
     except ssl.SSLError as exc:
+        if opts.key_file is None:
+            raise ConfigError(
+                f"the {who} certificate {opts.cert_file!r} holds no private key: pass the key "
+                "file too (key_file, --tls-key)"
+            ) from exc
         raise ConfigError(
-            f"cannot load the {who} certificate {opts.cert_file!r}"
-            f"{' with key ' + repr(opts.key_file) if opts.key_file else ''}: {exc.reason or exc} "
-            "(is the key the one that goes with this certificate?)"
+            f"cannot load the {who} certificate {opts.cert_file!r} with key "
+            f"{opts.key_file!r}: {exc.reason or exc} (is the key the one that goes with this "
+            "certificate?)"
         ) from exc
 
 
@@ -103,8 +110,9 @@ def server_context(opts: TLSOptions | ssl.SSLContext | None) -> ssl.SSLContext:
         return opts
     if opts is None or not opts.cert_file:
         raise ConfigError(
-            "a TLS server needs a certificate and key (--tls-cert/--tls-key); "
-            "`opensocket cert` makes a development set"
+            "a TLS server needs a certificate and its key (TLSOptions(cert_file=..., "
+            "key_file=...), or --tls-cert/--tls-key on the command line); `opensocket cert` "
+            "makes a development set"
         )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _versions(ctx, opts)

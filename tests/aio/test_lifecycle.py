@@ -202,8 +202,33 @@ async def test_close_lets_a_running_handler_finish() -> None:
         release.set()
         assert await conn.recv(timeout=5) == b"finished job"
         await asyncio.wait_for(conn.wait_closed(), 5)
-        assert conn.close_code == CloseCode.NORMAL
+        assert conn.close_code == CloseCode.GOING_AWAY  # finished, while the server goes away
         await asyncio.wait_for(closing, 5)
+
+
+async def test_close_ends_idle_handlers_at_once_and_delivers_what_was_queued() -> None:
+    got: list[bytes] = []
+    finished = asyncio.Event()
+
+    async def echo(conn: opensocket.Connection) -> None:
+        async for message in conn:  # ends with 'going away' once the server closes
+            got.append(message)
+            await conn.send(message)
+        finished.set()
+
+    async with no_leaks():
+        server = await opensocket.serve("tcp://127.0.0.1:0", echo)
+        conn = await opensocket.connect(server.url)
+        await conn.send(b"last")
+        assert await conn.recv(timeout=5) == b"last"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(server.close(timeout=30), 10)
+        assert loop.time() - started < 5  # not the 30 s grace: the idle handler ended
+        assert finished.is_set()
+        assert got == [b"last"]
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        assert conn.close_code == CloseCode.GOING_AWAY
 
 
 @pytest.mark.uvloop

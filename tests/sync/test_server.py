@@ -83,7 +83,29 @@ def test_shutdown_lets_a_handler_finish_within_the_grace_period() -> None:
         assert conn.recv(timeout=5) == b"finished in time"
         stopper.join(5)
         assert list(conn) == []
-        assert conn.close_code == CloseCode.NORMAL
+        assert conn.close_code == CloseCode.GOING_AWAY  # finished, while the server goes away
+
+
+def test_shutdown_ends_idle_handlers_at_once_and_delivers_what_was_queued() -> None:
+    import time
+
+    got: list[bytes] = []
+
+    def handler(conn: sync.Connection) -> None:
+        for message in conn:  # ends with 'going away' once the server shuts down
+            got.append(message)
+            conn.send(message)
+
+    server = sync.serve("tcp://127.0.0.1:0", handler)
+    with sync.connect(server.url) as conn:
+        conn.send(b"last")
+        assert conn.recv(timeout=5) == b"last"
+        started = time.monotonic()
+        server.shutdown(timeout=30)
+        assert time.monotonic() - started < 5  # not the 30 s grace: the idle handler ended
+        assert got == [b"last"]
+        assert list(conn) == []
+        assert conn.close_code == CloseCode.GOING_AWAY
 
 
 def test_handler_exception_gives_the_peer_internal_error(caplog: pytest.LogCaptureFixture) -> None:
@@ -186,7 +208,7 @@ def test_no_thread_or_fd_leak_after_shutdown() -> None:
 
 
 def test_serve_rejects_bad_configurations() -> None:
-    with pytest.raises(ConfigError, match="needs TLS options"):
+    with pytest.raises(ConfigError, match="needs a certificate and its key"):
         sync.serve("tls://127.0.0.1:0", echo)
     with pytest.raises(ConfigError, match="two servers"):
         sync.serve(["tls://127.0.0.1:0", "tcp://127.0.0.1:0"], echo, tls=None)

@@ -7,7 +7,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, TypeVar, overload
 
-from ..address import Address, format_sockaddr, parse_address
+from ..address import Address, format_sockaddr, stream_address
 from ..errors import ConfigError
 from ..hooks import Hooks
 from ..options import (
@@ -18,6 +18,7 @@ from ..options import (
     merge_protocol_options,
 )
 from ..protocol.connection import Role
+from ..tls import server_context
 from ._connect import open_socket, open_transport
 from ._framed import Connection, FramedProtocol, client_core
 from .datagram import DatagramEndpoint, open_datagram_endpoint
@@ -38,11 +39,6 @@ __all__ = [
 
 T = TypeVar("T")
 TLSArg = TLSOptions | ssl.SSLContext | None
-STREAM_SCHEMES = frozenset({"tcp", "tls", "unix"})
-
-
-def _stream_address(url: str | Address) -> Address:
-    return parse_address(url, schemes=STREAM_SCHEMES)
 
 
 @overload
@@ -94,7 +90,7 @@ async def connect(
     authentication, ``tls`` TLS options (implied by tls://). Raises a ConnectError, TLSError
     or HandshakeError subclass that says what went wrong.
     """
-    addr = _stream_address(url)
+    addr = stream_address(url)
     opts = options or SocketOptions()
     loop = asyncio.get_running_loop()
     if raw:
@@ -161,12 +157,12 @@ async def serve(
     protect the server (connection caps, access lists, rate limits, timeouts).
     """
     urls = url if isinstance(url, list) else [url]
-    addrs = [_stream_address(u) for u in urls]
+    addrs = [stream_address(u) for u in urls]
     schemes = {a.scheme for a in addrs}
     if "tls" in schemes and len(schemes) > 1:
         raise ConfigError("serve tls:// and plaintext addresses from two servers, not one")
     if "tls" in schemes and tls is None:
-        raise ConfigError("a tls:// server needs TLS options with a certificate and key")
+        server_context(None)  # raises the error that says what a TLS server needs
     server = Server(
         handler,
         raw=raw,

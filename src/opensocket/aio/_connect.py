@@ -104,14 +104,16 @@ async def open_transport(
     tls: TLSOptions | ssl.SSLContext | None,
 ) -> tuple[asyncio.Transport, Any]:
     """Connect and wrap in a transport (with TLS for tls:// or when ``tls`` is given)."""
+    use_tls = addr.is_tls or tls is not None
+    # Build the context first: a bad CA or certificate file is our error, found before the
+    # peer ever sees a connection.
+    ctx = tlsmod.client_context(tls) if use_tls else None
     sock = await open_socket(addr, opts)
     loop = asyncio.get_running_loop()
-    use_tls = addr.is_tls or tls is not None
     try:
-        if not use_tls:
+        if ctx is None:
             transport, proto = await loop.create_connection(factory, sock=sock)
             return transport, proto
-        ctx = tlsmod.client_context(tls)
         timeout = tls.handshake_timeout if isinstance(tls, TLSOptions) else 10.0
         transport, proto = await loop.create_connection(
             factory,

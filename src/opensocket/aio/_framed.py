@@ -19,6 +19,7 @@ from ..codecs import Codec, get_codec
 from ..errors import (
     CloseCode,
     ConnectionClosed,
+    ConnectionClosedOK,
     OpenSocketError,
     ReadTimeout,
     WriteTimeout,
@@ -65,6 +66,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
         "_on_ready",
         "_queued_bytes",
         "_read_paused",
+        "_stopped",
         "_timer",
         "_timer_at",
         "_waiters",
@@ -110,6 +112,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self._on_ready = on_ready
         self._on_closed = on_closed
         self._waiters: list[asyncio.Future[None]] = []
+        self._stopped = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
         self._read_paused = False
@@ -245,6 +248,13 @@ class FramedProtocol(asyncio.BufferedProtocol):
         """Wait until the inbox has something or the connection ended."""
         if self.core.state is State.CLOSED:
             raise self.core.closed_exception()
+        if self._stopped:
+            raise ConnectionClosedOK(CloseCode.GOING_AWAY, "server shutting down")
+        if self.receiver is not None:
+            raise OpenSocketError(
+                "messages go to the callback given to set_receiver(), so recv() would wait "
+                "forever: call set_receiver(None) first"
+            )
         # A future per waiting task (several may recv at once), so that one waiter's timeout
         # or cancellation never touches the others; no timeout scope unless one is asked for.
         waiter = self.loop.create_future()
@@ -261,6 +271,13 @@ class FramedProtocol(asyncio.BufferedProtocol):
             if isinstance(exc, TimeoutError):
                 raise ReadTimeout(f"no message from {self.peer} within {timeout:g}s") from None
             raise
+
+    def stop_delivering(self) -> None:
+        """Server shutdown: a recv() with nothing queued raises 'going away' instead of
+        waiting; what is queued is still delivered and sending still works."""
+        self._stopped = True
+        if self._waiters:
+            self._wake_readers()
 
     def _wake_readers(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -461,14 +478,11 @@ class Connection:
 
     async def send_many(self, messages: list[Any] | tuple[Any, ...]) -> None:
         """Send several messages in one batch (the fast path for many small messages)."""
-        core_send = self._core.send
         if self._encode is None:
-            for message in messages:
-                core_send(message)
+            self._core.send_many(messages)  # all or nothing
         else:
             dumps = self.codec.dumps
-            for message in messages:
-                core_send(dumps(message))
+            self._core.send_many([dumps(message) for message in messages])
         proto = self._proto
         proto.schedule_flush()
         if proto._write_paused:

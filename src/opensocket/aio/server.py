@@ -152,7 +152,9 @@ class Server:
             )
             self._servers.append(srv)
             bound = from_sockaddr(addr.scheme, sock.getsockname())
-            self.addresses.append(bound.with_scheme(addr.scheme) if not bound.is_unix else bound)
+            # With TLS on, report tls:// so that the address works as given to connect().
+            scheme = "tls" if self._ssl is not None else addr.scheme
+            self.addresses.append(bound if bound.is_unix else bound.with_scheme(scheme))
         if addr.is_unix and not addr.is_abstract:
             self._unix_paths.append(addr.path)
         log.info("listening on %s", ", ".join(map(str, self.addresses)))
@@ -270,7 +272,10 @@ class Server:
             proto.close(CloseCode.INTERNAL_ERROR, f"internal server error: {type(exc).__name__}")
             return
         if not conn.closed:
-            await conn.close()
+            if self._closing:
+                await conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            else:
+                await conn.close()
 
     def _closed_proto(self, proto: FramedProtocol) -> None:
         ip, _task = self._live.pop(proto, (None, None))
@@ -366,7 +371,12 @@ class Server:
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop accepting, let handlers finish up to ``timeout`` (default shutdown_grace),
-        then close the remaining connections with 'going away'."""
+        then close the remaining connections with 'going away'.
+
+        Handlers finish what they hold: messages already received are still delivered, sends
+        still work, but a ``recv()`` that would wait for new input raises ConnectionClosedOK
+        (going away), which ends ``async for`` loops at once.
+        """
         if self._closing:
             await asyncio.shield(self._closed)
             return
@@ -377,6 +387,9 @@ class Server:
         for path in self._unix_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        for item in self._live:
+            if isinstance(item, FramedProtocol):
+                item.stop_delivering()  # handlers waiting in recv() end; queued work is kept
         handlers = {t for _, t in self._live.values() if t is not None}
         if handlers and grace > 0:
             await asyncio.wait(handlers, timeout=grace)

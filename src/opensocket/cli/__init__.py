@@ -7,18 +7,21 @@ words lead the command line. Every command is also callable in-process as
 ``main([NAME, *args]) -> int``.
 
 Exit codes: 0 success, 1 failure, 2 usage error (bad options, a malformed or unusable address,
-an invalid option value: AddressError and ConfigError), 130 interrupted.
+an invalid option value: AddressError and ConfigError), 130 interrupted. A failure is one line
+on stderr; with ``--json`` it is also a JSON object on stdout: ``{"error": "...", "exit": N}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
 import logging
 import os
 import sys
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import AddressError, ConfigError, OpenSocketError
@@ -27,45 +30,98 @@ __all__ = ["main", "run"]
 
 COMMANDS = ("serve", "echo", "connect", "listen", "cert")
 _MODULES = {"connect": "pipe", "listen": "pipe", "echo serve": "echo"}
-_NESTED = ("echo serve",)  # hidden from the command list; 'echo --help' points to it
+# Two-word commands have a parser of their own, not listed among COMMAND's choices;
+# 'echo --help' points to 'echo serve'.
+_NESTED = ("echo serve",)
+
+
+class UsageError(Exception):
+    """A command line that does not parse (exit code 2); the usage line is already printed."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{prog}: error: {message}")
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises UsageError instead of exiting, so that ``main`` can report
+    the error in JSON too and return 2 in-process."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(self.prog, message)
 
 
 def _module(name: str) -> ModuleType:
     return importlib.import_module(f"opensocket.cli.{_MODULES.get(name, name)}")
 
 
+def _configure(parser: argparse.ArgumentParser, name: str) -> None:
+    add_verbosity(parser)
+    module = _module(name)
+    if name in _MODULES:
+        module.configure(parser, name)
+    else:
+        module.configure(parser)
+    parser.set_defaults(command=name)
+
+
+def _help(name: str) -> str:
+    module = _module(name)
+    return str(module.HELPS[name] if name in _MODULES else module.HELP)
+
+
+def _command_parser(name: str, **kwargs: Any) -> _Parser:
+    return _Parser(
+        prog=f"opensocket {name}",
+        description=_help(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    """The top-level argument parser with every one-word command."""
+    parser = _Parser(
         prog="opensocket",
         description="Build, run, test and debug socket applications.",
         epilog="Run 'opensocket COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"opensocket {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS + _NESTED:
-        module = _module(name)
-        text = module.HELP if name not in _MODULES else module.HELPS[name]
+    for name in COMMANDS:
         sub = subparsers.add_parser(
             name,
-            prog=f"{parser.prog} {name}",
-            description=text,
+            prog=f"opensocket {name}",
+            description=_help(name),
+            help=_help(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            **({"help": text} if name not in _NESTED else {}),
         )
-        add_verbosity(sub)
-        if name in _MODULES:
-            module.configure(sub, name)
-        else:
-            module.configure(sub)
+        _configure(sub, name)
     return parser
 
 
-def _join_nested(argv: list[str]) -> list[str]:
-    """``["echo", "serve", ...]`` -> ``["echo serve", ...]``: the two words name one parser."""
+def _parser_for(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The parser for ``argv`` and the arguments it parses (two-word commands have their own)."""
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in _NESTED:
-        return [f"{argv[0]} {argv[1]}", *argv[2:]]
-    return argv
+        name = f"{argv[0]} {argv[1]}"
+        parser = _command_parser(name)
+        _configure(parser, name)
+        return parser, argv[2:]
+    return build_parser(), argv
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line; raise UsageError (usage printed) or SystemExit (--help)."""
+    parser, rest = _parser_for(argv)
+    args, extra = parser.parse_known_args(rest)
+    if extra:
+        # the command's own parser reports it, with the command's usage line
+        own = parser if args.command in _NESTED else _command_parser(args.command)
+        if own is not parser:
+            _configure(own, args.command)
+        own.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -86,26 +142,38 @@ def setup_logging(verbosity: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; return the exit code."""
-    parser = build_parser()
-    argv = _join_nested(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
+        args = parse_args(argv)
+    except UsageError as exc:
+        return _fail(str(exc), 2, json_mode="--json" in argv)
+    except SystemExit as exc:  # --help, --version
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
     setup_logging(args.verbose)
     module = _module(args.command)
+    json_mode = bool(getattr(args, "json", False))
+    prefix = f"opensocket {args.command}: error: "
     try:
         return int(module.execute(args))
     except KeyboardInterrupt:
         return 130
     except (AddressError, ConfigError) as exc:
-        print(f"opensocket {args.command}: error: {error_text(exc)}", file=sys.stderr)
-        return 2
+        return _fail(prefix + error_text(exc), 2, json_mode=json_mode)
     except OpenSocketError as exc:
-        print(f"opensocket {args.command}: error: {error_text(exc)}", file=sys.stderr)
-        return 1
+        return _fail(prefix + error_text(exc), 1, json_mode=json_mode)
     except BrokenPipeError:
         return 1
+
+
+def _fail(line: str, code: int, *, json_mode: bool) -> int:
+    """Report a failure: one line on stderr, and with --json also a JSON object on stdout."""
+    print(line, file=sys.stderr)
+    if json_mode:
+        message = line.split(": error: ", 1)[-1]
+        with contextlib.suppress(OSError):
+            sys.stdout.write(json.dumps({"error": message, "exit": code}) + "\n")
+            sys.stdout.flush()
+    return code
 
 
 def error_text(exc: BaseException) -> str:

@@ -5,27 +5,73 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..address import Address
 from ..errors import ConfigError
 from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
 
 __all__ = [
+    "CODEC_DEFAULT_HELP",
     "add_limit_args",
     "add_protocol_args",
     "add_tls_args",
     "add_uvloop_arg",
+    "check_at_least",
+    "check_positive",
+    "check_tls_flags",
+    "framed_flags",
     "limits_from",
     "print_json",
     "protocol_from",
+    "reject_framed_flags",
     "stop_on_signals",
     "tls_from",
 ]
+
+CODEC_DEFAULT_HELP = "bytes,json, and msgpack when installed (pip install 'opensocket[msgpack]')"
+_FRAMED_FLAGS = (
+    ("codec", "--codec"),
+    ("secret_env", "--secret-env"),
+    ("secret_file", "--secret-file"),
+    ("name", "--name"),
+    ("heartbeat", "--heartbeat"),
+    ("max_frame_size", "--max-frame-size"),
+)
+_TLS_FLAGS = (
+    ("tls_ca", "--tls-ca"),
+    ("tls_cert", "--tls-cert"),
+    ("tls_key", "--tls-key"),
+    ("tls_client_auth", "--tls-client-auth"),
+    ("tls_insecure", "--tls-insecure"),
+    ("tls_server_name", "--tls-server-name"),
+)
+
+
+def _given(args: argparse.Namespace, table: tuple[tuple[str, str], ...]) -> list[str]:
+    return [flag for attr, flag in table if getattr(args, attr, None) not in (None, "", False)]
+
+
+def _applies(flags: list[str]) -> str:
+    return f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'}"
+
+
+def check_positive(value: float | None, flag: str) -> None:
+    """ConfigError naming ``flag`` unless ``value`` is None or above 0."""
+    if value is not None and value <= 0:
+        raise ConfigError(f"{flag} must be a positive number (got {value:g})")
+
+
+def check_at_least(value: float | None, flag: str, minimum: int, unit: str = "") -> None:
+    """ConfigError naming ``flag`` unless ``value`` is None or at least ``minimum``."""
+    if value is not None and value < minimum:
+        raise ConfigError(f"{flag} must be at least {minimum}{unit} (got {value:g})")
 
 
 def add_tls_args(parser: argparse.ArgumentParser, *, server: bool) -> None:
@@ -38,7 +84,7 @@ def add_tls_args(parser: argparse.ArgumentParser, *, server: bool) -> None:
         group.add_argument(
             "--tls-client-auth",
             choices=("none", "optional", "required"),
-            default="none",
+            default=None,
             help="ask clients for certificates (mutual TLS); default: none",
         )
     else:
@@ -60,7 +106,7 @@ def tls_from(args: argparse.Namespace, *, server: bool) -> TLSOptions | None:
             ca_file=args.tls_ca,
             cert_file=args.tls_cert,
             key_file=args.tls_key,
-            client_auth=args.tls_client_auth,
+            client_auth=args.tls_client_auth or "none",
         )
     if not given and not args.tls_insecure and not args.tls_server_name:
         return None
@@ -73,24 +119,51 @@ def tls_from(args: argparse.Namespace, *, server: bool) -> TLSOptions | None:
     )
 
 
+def check_tls_flags(args: argparse.Namespace, addrs: Sequence[Address]) -> None:
+    """ConfigError when TLS options are given but no address is tls:// (they would be ignored)."""
+    given = _given(args, _TLS_FLAGS)
+    if not given or any(a.is_tls for a in addrs):
+        return
+    tcp = next((a for a in addrs if a.scheme == "tcp"), None)
+    instead = f"use {tcp.with_scheme('tls')} instead of {tcp}" if tcp else "use a tls:// address"
+    raise ConfigError(f"{_applies(given)} to tls:// addresses only: {instead}")
+
+
+def framed_flags(args: argparse.Namespace) -> list[str]:
+    """The framed-protocol options given on the command line."""
+    return _given(args, _FRAMED_FLAGS)
+
+
+def reject_framed_flags(args: argparse.Namespace, what: str) -> None:
+    """ConfigError when framed-protocol options are given for ``what`` (raw streams, UDP)."""
+    given = framed_flags(args)
+    if given:
+        raise ConfigError(f"{_applies(given)} to the framed protocol only, not to {what}")
+
+
 def add_protocol_args(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
     """Framed-protocol options: codec, secret, name, sizes, heartbeat."""
     group = parser.add_argument_group("framed protocol")
     codec_help = (
-        "payload codecs to accept, comma-separated (default: bytes,json,msgpack)"
+        f"payload codecs to accept, comma-separated (default: {CODEC_DEFAULT_HELP})"
         if server
-        else "payload codec: bytes, json, msgpack (default: bytes)"
+        else "payload codec: bytes, json or msgpack (default: bytes)"
     )
     group.add_argument("--codec", default=None, help=codec_help)
-    group.add_argument(
+    secret = group.add_mutually_exclusive_group()
+    secret.add_argument(
         "--secret-env",
         metavar="VAR",
         help="name of an environment variable holding the shared secret (authentication)",
     )
-    group.add_argument("--secret-file", metavar="FILE", help="file holding the shared secret")
+    secret.add_argument("--secret-file", metavar="FILE", help="file holding the shared secret")
     group.add_argument("--name", default="", help="peer name sent in the handshake")
     group.add_argument(
-        "--max-frame-size", type=int, default=None, metavar="BYTES", help="largest frame accepted"
+        "--max-frame-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest frame accepted (default: 16 MiB)",
     )
     group.add_argument(
         "--heartbeat", type=float, default=None, metavar="SECONDS", help="ping interval (0: off)"
@@ -101,22 +174,42 @@ def _secret(args: argparse.Namespace) -> bytes | None:
     if args.secret_env:
         value = os.environ.get(args.secret_env)
         if value is None:
-            raise ConfigError(f"environment variable {args.secret_env} is not set")
-        return value.encode()
-    if args.secret_file:
+            raise ConfigError(
+                f"--secret-env: the environment variable {args.secret_env} is not set"
+            )
+        secret, source = value.encode(), f"${args.secret_env}"
+    elif args.secret_file:
         try:
             with open(args.secret_file, "rb") as handle:
-                return handle.read().strip()
+                secret = handle.read().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read the secret file: {exc}") from exc
-    return None
+            raise ConfigError(
+                f"--secret-file: cannot read {args.secret_file}: {exc.strerror or exc}"
+            ) from exc
+        source = args.secret_file
+    else:
+        return None
+    if len(secret) < 8:
+        raise ConfigError(
+            f"the secret in {source} is {len(secret)} bytes long: a shared secret must be at "
+            "least 8 bytes"
+        )
+    return secret
 
 
 def protocol_from(args: argparse.Namespace, **defaults: Any) -> ProtocolOptions:
     """ProtocolOptions from the protocol arguments."""
+    check_at_least(args.max_frame_size, "--max-frame-size", 64, " bytes")
+    if args.max_frame_size is not None and args.max_frame_size > 0xFFFFFFFF:
+        raise ConfigError(f"--max-frame-size must be at most {0xFFFFFFFF} bytes (4 GiB - 1)")
+    if args.heartbeat is not None and args.heartbeat < 0:
+        raise ConfigError("--heartbeat must be 0 (off) or a positive number of seconds")
     values: dict[str, Any] = dict(defaults)
-    if args.codec:
-        values["codecs"] = tuple(c.strip() for c in args.codec.split(","))
+    if args.codec is not None:
+        codecs = tuple(c.strip() for c in args.codec.split(",") if c.strip())
+        if not codecs:
+            raise ConfigError("--codec needs at least one codec name: bytes, json or msgpack")
+        values["codecs"] = codecs
     secret = _secret(args)
     if secret is not None:
         values["secret"] = secret
@@ -132,18 +225,66 @@ def protocol_from(args: argparse.Namespace, **defaults: Any) -> ProtocolOptions:
 def add_limit_args(parser: argparse.ArgumentParser) -> None:
     """Server protection options."""
     group = parser.add_argument_group("server limits")
-    group.add_argument("--max-connections", type=int, default=10_000, metavar="N")
-    group.add_argument("--max-per-ip", type=int, default=1_000, metavar="N")
-    group.add_argument("--allow", action="append", default=[], metavar="CIDR", help="repeatable")
-    group.add_argument("--deny", action="append", default=[], metavar="CIDR", help="repeatable")
     group.add_argument(
-        "--rate", type=float, default=None, metavar="PER_SEC", help="new connections per IP"
+        "--max-connections",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="connections open at once; more are refused (default: 10000)",
     )
-    group.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS")
+    group.add_argument(
+        "--max-per-ip",
+        type=int,
+        default=1_000,
+        metavar="N",
+        help="connections open at once from one IP address (default: 1000)",
+    )
+    group.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="accept clients from this network only, e.g. 10.0.0.0/8; repeatable "
+        "(default: everyone)",
+    )
+    group.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="refuse clients from this network (wins over --allow); repeatable",
+    )
+    group.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="PER_SEC",
+        help="new connections per second from one IP address (default: no limit)",
+    )
+    group.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close connections silent this long (default: never)",
+    )
 
 
 def limits_from(args: argparse.Namespace) -> ServerLimits:
     """ServerLimits from the limit arguments."""
+    check_at_least(args.max_connections, "--max-connections", 1)
+    check_at_least(args.max_per_ip, "--max-per-ip", 1)
+    check_positive(args.rate, "--rate")
+    check_positive(args.idle_timeout, "--idle-timeout")
+    for flag, values in (("--allow", args.allow), ("--deny", args.deny)):
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{flag} {value!r} is not an IP network: use a CIDR block like 10.0.0.0/8 "
+                    "or ::1/128"
+                ) from None
     return ServerLimits(
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_per_ip,
@@ -156,7 +297,7 @@ def limits_from(args: argparse.Namespace) -> ServerLimits:
 
 def socket_options(timeout: float | None = None) -> SocketOptions:
     """SocketOptions for a CLI client."""
-    return SocketOptions(connect_timeout=timeout or 10.0)
+    return SocketOptions(connect_timeout=10.0 if timeout is None else timeout)
 
 
 def print_json(obj: Any) -> None:

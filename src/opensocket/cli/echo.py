@@ -40,9 +40,12 @@ from ._common import (
     add_protocol_args,
     add_tls_args,
     add_uvloop_arg,
+    check_positive,
+    check_tls_flags,
     limits_from,
     print_json,
     protocol_from,
+    reject_framed_flags,
     socket_options,
     stop_on_signals,
     tls_from,
@@ -54,6 +57,7 @@ __all__ = [
     "HELPS",
     "EchoService",
     "add_server_args",
+    "check_server_args",
     "configure",
     "connect_commands",
     "execute",
@@ -75,13 +79,16 @@ round-trip time, and a summary ends the run. Exit code 1 when a reply is missing
 connection fails. With --codec json (or msgpack) a line that is valid JSON is sent as that
 value, any other line as a string.
 
+Ctrl-C ends the run with the summary so far (exit code 130).
+
 examples:
-  opensocket echo tcp://127.0.0.1:9000
+  opensocket echo tcp://127.0.0.1:9000                    # type lines, see the echoes
   opensocket echo tcp://127.0.0.1:9000 --count 5 --interval 0.2 --message hello
   printf 'a\\nb\\n' | opensocket echo tcp://127.0.0.1:9000 --json
-  opensocket echo tcp://127.0.0.1:9001 --raw          (line-oriented raw stream)
+  opensocket echo tcp://127.0.0.1:9000 --codec json       # to a server started with --codec json
+  opensocket echo tcp://127.0.0.1:9001 --raw              # line-oriented raw stream
   opensocket echo udp://127.0.0.1:9002 --count 3
-  opensocket echo tls://localhost:9443 --tls-ca ca.pem
+  opensocket echo tls://localhost:9443 --tls-ca certs/ca.pem
 
 run an echo server with 'opensocket echo serve URL' (see 'opensocket echo serve --help').
 """
@@ -90,15 +97,20 @@ _SERVER_EPILOG: Final = """\
 prints the bound addresses (the real port when port 0 was asked) and the command that
 connects to each; --json prints one JSON line instead. Runs until Ctrl-C or SIGTERM, then
 closes every connection gracefully and prints a summary. A framed server accepts the codecs
-bytes, json and msgpack unless --codec narrows them.
+bytes and json, and msgpack when it is installed (pip install 'opensocket[msgpack]'), unless
+--codec narrows them. The framed-protocol options (--codec, --secret-env, ...) do not apply to
+--raw or to udp:// addresses, nor the TLS options to anything but tls:// addresses.
 
 examples:
   opensocket echo serve tcp://127.0.0.1:9000
-  opensocket echo serve tcp://127.0.0.1:0 --json
-  opensocket echo serve tcp://127.0.0.1:9001 --raw       (talk to it with nc or socat)
+  opensocket echo serve tcp://127.0.0.1:0 --json            # port 0: the system picks one
+  opensocket echo serve tcp://127.0.0.1:9000 --codec json   # JSON payloads only
+  opensocket echo serve tcp://127.0.0.1:9001 --raw          # talk to it with nc or socat
   opensocket echo serve udp://127.0.0.1:9002
-  opensocket echo serve unix:///tmp/echo.sock tcp://[::1]:9000
-  opensocket echo serve tls://127.0.0.1:9443 --tls-cert cert.pem --tls-key key.pem
+  opensocket echo serve unix:///tmp/echo.sock 'tcp://[::1]:9000'
+  opensocket cert                                           # makes certs/ for the next line
+  opensocket echo serve tls://127.0.0.1:9443 \\
+      --tls-cert certs/server.pem --tls-key certs/server-key.pem
 """
 
 
@@ -200,9 +212,10 @@ class EchoService:
         self._stopping = False
         self.started = 0.0
 
-    @property
-    def mode(self) -> str:
-        """``raw`` or ``framed`` (the mode of the stream addresses)."""
+    def mode(self, addr: Address) -> str:
+        """What ``addr`` echoes: ``framed`` messages, ``raw`` bytes or ``udp`` datagrams."""
+        if addr.is_datagram:
+            return "udp"
         return "raw" if self.raw else "framed"
 
     @property
@@ -292,13 +305,16 @@ def reachable_address(addr: Address) -> Address:
     return addr
 
 
-def _client_flags(args: argparse.Namespace, addr: Address, raw: bool) -> str:
+def _client_flags(args: argparse.Namespace, service: EchoService, addr: Address) -> str:
+    mode = service.mode(addr)
     flags = []
-    if raw and not addr.is_datagram:
+    if mode == "raw":
         flags.append("--raw")
     if addr.is_tls:
         flags += _tls_flags(args)
-    if not addr.is_datagram and not raw:
+    if mode == "framed":
+        if args.codec is not None:  # narrowed: the client's default (bytes) may be refused
+            flags.append(f"--codec {shlex.quote(service.protocol.codecs[0])}")
         if args.secret_env:
             flags.append(f"--secret-env {shlex.quote(args.secret_env)}")
         elif args.secret_file:
@@ -315,7 +331,7 @@ def tls_client_files(args: argparse.Namespace) -> tuple[str, str | None, str | N
     folder = Path(args.tls_cert or ".").parent
     beside = folder / "ca.pem"
     ca = args.tls_ca or (str(beside) if beside.is_file() else str(args.tls_cert))
-    if args.tls_client_auth == "none":
+    if (args.tls_client_auth or "none") == "none":
         return ca, None, None
     return ca, str(folder / "client.pem"), str(folder / "client-key.pem")
 
@@ -331,28 +347,39 @@ def _tls_flags(args: argparse.Namespace) -> list[str]:
 def connect_commands(args: argparse.Namespace, service: EchoService) -> list[str]:
     """The ``opensocket echo`` command line that reaches each bound address."""
     return [
-        f"opensocket echo {reachable_address(a)}{_client_flags(args, a, service.raw)}"
+        f"opensocket echo {reachable_address(a)}{_client_flags(args, service, a)}"
         for a in service.addresses
     ]
 
 
 def _describe(service: EchoService, addr: Address) -> str:
-    if addr.is_datagram:
+    mode = service.mode(addr)
+    if mode == "udp":
         return "UDP datagrams"
-    if service.raw:
+    if mode == "raw":
         return "raw bytes"
     return "framed: " + ", ".join(service.protocol.codecs)
+
+
+def _listener(service: EchoService, addr: Address, command: str) -> dict[str, Any]:
+    mode = service.mode(addr)
+    out: dict[str, Any] = {"address": str(addr), "mode": mode}
+    if mode == "framed":
+        out["codecs"] = list(service.protocol.codecs)
+    out["connect"] = command
+    return out
 
 
 def _announce(args: argparse.Namespace, service: EchoService, title: str, extra: Extra) -> None:
     commands = connect_commands(args, service)
     if args.json:
+        pairs = zip(service.addresses, commands, strict=True)
         print_json(
             {
                 "event": "listening",
-                "mode": service.mode,
                 "addresses": [str(a) for a in service.addresses],
                 "connect": commands,
+                "listeners": [_listener(service, a, c) for a, c in pairs],
             }
         )
         return
@@ -385,6 +412,20 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {word if count == 1 else word + 's'}{' ' + rest if rest else ''}"
 
 
+def check_server_args(args: argparse.Namespace, addrs: Sequence[Address]) -> None:
+    """ConfigError for options that do not fit the addresses (they would be ignored)."""
+    check_tls_flags(args, addrs)
+    if any(a.is_tls for a in addrs) and not args.tls_cert:
+        raise ConfigError(
+            "tls:// addresses need --tls-cert and --tls-key (`opensocket cert` makes a "
+            "development set in ./certs)"
+        )
+    if getattr(args, "raw", False):
+        reject_framed_flags(args, "--raw byte streams")
+    elif all(a.is_datagram for a in addrs):
+        reject_framed_flags(args, "udp:// datagrams")
+
+
 def _no_extra(args: argparse.Namespace, service: EchoService) -> list[str]:
     return []
 
@@ -400,6 +441,7 @@ def serve_echo(
 
     ``extra`` adds lines to the start banner (``opensocket serve`` adds a Python snippet).
     """
+    check_server_args(args, [parse_address(u) for u in urls])
     service = EchoService(
         raw=getattr(args, "raw", False),
         protocol=protocol_from(args, codecs=default_codecs()),
@@ -511,6 +553,7 @@ class _Tally:
     late: int = 0  # replies that timed out and may still arrive
     rtts: list[float] = field(default_factory=list)
     error: str | None = None
+    interrupted: bool = False
 
     def summary(self) -> dict[str, Any]:
         rtts = self.rtts
@@ -527,6 +570,8 @@ class _Tally:
             }
         if self.error:
             out["error"] = self.error
+        if self.interrupted:
+            out["interrupted"] = True
         return out
 
 
@@ -597,9 +642,8 @@ async def _typed(args: argparse.Namespace) -> AsyncGenerator[bytes, None]:
         source.close()
 
 
-async def _client(args: argparse.Namespace, addr: Address) -> _Tally:
+async def _exchanges(args: argparse.Namespace, addr: Address, tally: _Tally) -> None:
     link = await _open_link(args, addr)
-    tally = _Tally()
     lines = _scripted(args) if args.count is not None or args.message is not None else _typed(args)
     try:
         async for line in lines:
@@ -609,15 +653,43 @@ async def _client(args: argparse.Namespace, addr: Address) -> _Tally:
     finally:
         await lines.aclose()
         await link.close()
+
+
+async def _client(args: argparse.Namespace, addr: Address) -> _Tally:
+    """Run the exchanges; Ctrl-C (or SIGTERM) stops them and keeps the tally so far."""
+    tally = _Tally()
+    with stop_on_signals() as stop:
+        work = asyncio.ensure_future(_exchanges(args, addr, tally))
+        interrupt = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((work, interrupt), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupt.cancel()
+            if not work.done():
+                tally.interrupted = True
+                work.cancel()
+            await asyncio.gather(work, interrupt, return_exceptions=True)
+        if not tally.interrupted:
+            work.result()  # a failure to connect ends the run with its error
     return tally
+
+
+def _check_client_args(args: argparse.Namespace, addr: Address) -> None:
+    if args.count is not None and args.count < 0:
+        raise ConfigError(f"--count must be 0 or more (got {args.count})")
+    check_positive(args.timeout, "--timeout")
+    if args.interval < 0:
+        raise ConfigError(f"--interval must be 0 or more seconds (got {args.interval:g})")
+    check_tls_flags(args, [addr])
+    if addr.is_datagram:
+        reject_framed_flags(args, "udp:// datagrams")
+    elif args.raw:
+        reject_framed_flags(args, "--raw byte streams")
 
 
 def _run_client(args: argparse.Namespace) -> int:
     addr = parse_address(args.url)
-    if args.count is not None and args.count < 0:
-        raise ConfigError("--count must be 0 or more")
-    if args.timeout <= 0 or args.interval < 0:
-        raise ConfigError("--timeout must be positive and --interval 0 or more")
+    _check_client_args(args, addr)
     tally = aio.run(_client(args, addr), use_uvloop=not args.no_uvloop)
     summary = tally.summary()
     if tally.error:
@@ -632,4 +704,6 @@ def _run_client(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"sent {tally.sent}, received {tally.received}, lost {summary['lost']}{times}")
+    if tally.interrupted:
+        return 130
     return 0 if tally.received == tally.sent and not tally.error else 1

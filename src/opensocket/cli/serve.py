@@ -32,10 +32,13 @@ code that connect to it, and runs until Ctrl-C or SIGTERM (exit code 0 after a c
 
 examples:
   opensocket serve
-  opensocket serve --listen tcp://127.0.0.1:0 --json
+  opensocket serve --listen tcp://127.0.0.1:0 --json          # port 0: the system picks one
   opensocket serve --listen tcp://127.0.0.1:9000 --listen unix:///tmp/opensocket.sock
-  opensocket serve --listen 'tcp://*:9000' --allow 10.0.0.0/8
-  opensocket serve --listen tls://127.0.0.1:9443 --tls-cert cert.pem --tls-key key.pem
+  opensocket serve --listen 'tcp://*:9000' --allow 10.0.0.0/8  # every interface, one network
+  opensocket serve --codec json                               # JSON payloads only
+  opensocket cert                                             # makes certs/ for the next line
+  opensocket serve --listen tls://127.0.0.1:9443 \\
+      --tls-cert certs/server.pem --tls-key certs/server-key.pem
 """
 
 
@@ -58,6 +61,9 @@ def python_snippet(args: argparse.Namespace, service: EchoService) -> list[str]:
         return []
     url = reachable_address(streams[0])
     modules, options = "opensocket", [f'"{url}"']
+    codec = service.protocol.codecs[0]
+    if args.codec is not None:  # narrowed: the default codec (bytes) may be refused
+        options.append(f'codec="{codec}"')
     if args.secret_env:
         modules += ", os"
         options.append(f'secret=os.environ["{args.secret_env}"]')
@@ -71,7 +77,7 @@ def python_snippet(args: argparse.Namespace, service: EchoService) -> list[str]:
         "in Python (python -m asyncio):",
         f"  >>> import {modules}",
         f"  >>> conn = await opensocket.connect({', '.join(options)})",
-        '  >>> await conn.send(b"hello"); await conn.recv()',
+        f"  >>> await conn.send({'b' if codec != 'json' else ''}\"hello\"); await conn.recv()",
     ]
 
 

@@ -35,6 +35,7 @@ from crc32c import crc32c
 from ..errors import (
     AuthenticationFailed,
     CloseCode,
+    CodecError,
     ConfigError,
     ConnectionClosed,
     ConnectionRejected,
@@ -53,6 +54,7 @@ from .decoder import FrameDecoder
 from .events import ConnectionTerminated, Event, HandshakeComplete, PongReceived
 from .frame import (
     DATA_HEADER,
+    HEADER_SIZE,
     MAGIC_VERSION,
     Frame,
     FrameType,
@@ -68,6 +70,13 @@ _STAMP: Final = struct.Struct(">d")
 MAX_REASON: Final = 1024
 JOIN_BELOW: Final = 16 * 1024
 EARLY_MESSAGE: Final = "a message arrived before the handshake completed"
+
+
+def _not_bytes(payload: object) -> CodecError:
+    return CodecError(
+        f"a message must be bytes-like, not {type(payload).__name__}: encode it, or use a "
+        "codec that does (codec='json' or 'msgpack')"
+    )
 
 
 class Role(Enum):
@@ -317,19 +326,28 @@ class FramedConnection:
     # ---- output ------------------------------------------------------------------------
 
     def send(self, payload: bytes | bytearray | memoryview) -> None:
-        """Queue one message. Raises ConnectionClosed unless open, FrameTooLarge if too big."""
+        """Queue one message. Raises ConnectionClosed unless open, FrameTooLarge if too big,
+        CodecError (with nothing queued) if ``payload`` is not bytes-like."""
         if self.state is not State.OPEN:
             raise self.closed_exception()
-        size = len(payload)
-        if size > self._peer_max:
-            raise self._too_large(size)
-        entry = cached_data_tail(size) or data_tail(size)
         out = self._out
-        if self._checksum:
-            out += DATA_HEADER.pack(MAGIC_VERSION, crc32c(payload, entry[1]), entry[0])
-        else:
-            out += entry[2]
-        out += payload
+        try:
+            size = len(payload)
+            if size > self._peer_max:
+                raise self._too_large(size)
+            entry = cached_data_tail(size) or data_tail(size)
+            if self._checksum:  # crc32c refuses a non-buffer before anything is queued
+                out += DATA_HEADER.pack(MAGIC_VERSION, crc32c(payload, entry[1]), entry[0])
+                out += payload
+            else:
+                out += entry[2]
+                try:
+                    out += payload
+                except TypeError:
+                    del out[-HEADER_SIZE:]  # the header went in, the payload cannot follow
+                    raise
+        except TypeError:
+            raise _not_bytes(payload) from None
         self.messages_out += 1
 
     def send_many(self, payloads: Sequence[bytes | bytearray | memoryview]) -> None:
@@ -338,6 +356,18 @@ class FramedConnection:
             raise self.closed_exception()
         if not payloads:
             return
+        out = self._out
+        start = len(out)
+        try:
+            self._queue_many(out, payloads)
+        except TypeError:
+            del out[start:]
+            bad = next(p for p in payloads if not isinstance(p, bytes | bytearray | memoryview))
+            raise _not_bytes(bad) from None
+
+    def _queue_many(
+        self, out: bytearray, payloads: Sequence[bytes | bytearray | memoryview]
+    ) -> None:
         sizes = list(map(len, payloads))
         largest = max(sizes)
         if largest > self._peer_max:
@@ -355,7 +385,6 @@ class FramedConnection:
             for payload, size in zip(payloads, sizes, strict=True):
                 append((get(size) or data_tail(size))[2])
                 append(payload)
-        out = self._out
         if largest < JOIN_BELOW:
             out += b"".join(parts)  # one C-level pass for many small messages
         else:

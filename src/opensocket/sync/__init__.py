@@ -21,7 +21,7 @@ from typing import Any, Literal, overload
 
 from .._log import safe_call
 from .._sockets import close_quietly
-from ..address import Address, parse_address
+from ..address import Address, stream_address
 from ..errors import ConfigError, HandshakeTimeout
 from ..hooks import Hooks
 from ..options import (
@@ -32,6 +32,7 @@ from ..options import (
     merge_protocol_options,
 )
 from ..protocol.connection import FramedConnection, Role
+from ..tls import server_context
 from ._connect import open_socket, open_transport
 from ._framed import Connection, FramedLink
 from .datagram import DatagramEndpoint, open_datagram_endpoint
@@ -50,12 +51,7 @@ __all__ = [
 ]
 
 TLSArg = TLSOptions | ssl.SSLContext | None
-STREAM_SCHEMES = frozenset({"tcp", "tls", "unix"})
 HANDSHAKE_SLACK = 5.0
-
-
-def _stream_address(url: str | Address) -> Address:
-    return parse_address(url, schemes=STREAM_SCHEMES)
 
 
 @overload
@@ -107,7 +103,7 @@ def connect(
     authentication, ``tls`` TLS options (implied by tls://). Raises a ConnectError, TLSError
     or HandshakeError subclass that says what went wrong.
     """
-    addr = _stream_address(url)
+    addr = stream_address(url)
     opts = options or SocketOptions()
     popts = merge_protocol_options(protocol, codec, secret, name)
     transport = open_transport(addr, opts, tls)
@@ -177,12 +173,12 @@ def serve(
     until ``shutdown()``.
     """
     urls = url if isinstance(url, list) else [url]
-    addrs = [_stream_address(u) for u in urls]
+    addrs = [stream_address(u) for u in urls]
     schemes = {a.scheme for a in addrs}
     if "tls" in schemes and len(schemes) > 1:
         raise ConfigError("serve tls:// and plaintext addresses from two servers, not one")
     if "tls" in schemes and tls is None:
-        raise ConfigError("a tls:// server needs TLS options with a certificate and key")
+        server_context(None)  # raises the error that says what a TLS server needs
     server = Server(
         handler,
         raw=raw,

@@ -142,11 +142,12 @@ def open_transport(
     addr: Address, opts: SocketOptions, tls: TLSOptions | ssl.SSLContext | None
 ) -> Transport:
     """Connect, with TLS for tls:// or when ``tls`` is given (handshake bounded in time)."""
+    # The context first: a bad CA or certificate file is found before we connect.
+    ctx = tlsmod.client_context(tls) if addr.is_tls or tls is not None else None
     sock = open_socket(addr, opts)
-    if not (addr.is_tls or tls is not None):
+    if ctx is None:
         return Transport(sock)
     try:
-        ctx = tlsmod.client_context(tls)
         timeout = tls.handshake_timeout if isinstance(tls, TLSOptions) else 10.0
         return tls_handshake(
             sock,

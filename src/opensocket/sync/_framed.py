@@ -20,6 +20,7 @@ from ..codecs import Codec, get_codec
 from ..errors import (
     CloseCode,
     ConnectionClosed,
+    ConnectionClosedOK,
     OpenSocketError,
     ReadTimeout,
     WriteTimeout,
@@ -73,6 +74,7 @@ class FramedLink:
         self._queued_bytes = 0
         self._paused = False
         self._ended = False
+        self._stopped = False
 
     # ---- the reader thread -----------------------------------------------------------------
 
@@ -209,6 +211,13 @@ class FramedLink:
                 self._paused = True
             self._has_items.notify_all()
 
+    def stop_delivering(self) -> None:
+        """Server shutdown: a recv() with nothing queued raises 'going away' instead of
+        waiting; what is queued is still delivered and sending still works."""
+        with self._has_items:
+            self._stopped = True
+            self._has_items.notify_all()
+
     def _end_queue(self) -> None:
         with self._has_items:
             self._ended = True
@@ -250,6 +259,8 @@ class FramedLink:
         while not inbox:
             if self._ended:
                 raise self.core.closed_exception()
+            if self._stopped:
+                raise ConnectionClosedOK(CloseCode.GOING_AWAY, "server shutting down")
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise ReadTimeout(f"no message from {self.peer} within {timeout:g}s")
@@ -270,9 +281,7 @@ class FramedLink:
     def send(self, payloads: list[bytes], timeout: float | None = None) -> None:
         """Queue payloads in the core and write them out."""
         with self._core_lock:
-            send = self.core.send
-            for payload in payloads:
-                send(payload)
+            self.core.send_many(payloads)  # all or nothing
         self._flush(block=True, timeout=timeout)
 
     def _flush(self, *, block: bool, timeout: float | None = None) -> None:

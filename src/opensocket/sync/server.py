@@ -159,7 +159,9 @@ class Server:
         self._listeners.extend(socks)
         for sock in socks:
             bound = from_sockaddr(addr.scheme, sock.getsockname())
-            self.addresses.append(bound.with_scheme(addr.scheme) if not bound.is_unix else bound)
+            # With TLS on, report tls:// so that the address works as given to connect().
+            scheme = "tls" if self._ssl is not None else addr.scheme
+            self.addresses.append(bound if bound.is_unix else bound.with_scheme(scheme))
         if addr.is_unix and not addr.is_abstract:
             self._unix_paths.append(addr.path)
 
@@ -402,7 +404,10 @@ class Server:
         finally:
             try:
                 if not conn.closed:
-                    conn.close()
+                    if self._closing:
+                        conn.close(CloseCode.GOING_AWAY, "server shutting down")
+                    else:
+                        conn.close()
             finally:
                 self._handler_done()
 
@@ -500,7 +505,12 @@ class Server:
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let handlers finish up to ``timeout`` (default shutdown_grace),
-        then close the remaining connections with 'going away'."""
+        then close the remaining connections with 'going away'.
+
+        Handlers finish what they hold: queued messages are still delivered and sends still
+        work, but a ``recv()`` that would wait for new input raises ConnectionClosedOK
+        (going away), which ends ``for msg in conn`` loops at once.
+        """
         with self._lock:
             if self._closing:
                 closing_already = True
@@ -510,6 +520,10 @@ class Server:
             self._done.wait()
             return
         self._stop_accepting()
+        with self._lock:
+            links = [item for item in self._live if isinstance(item, FramedLink)]
+        for link in links:
+            link.stop_delivering()  # handlers waiting in recv() end; queued work is kept
         grace = self.limits.shutdown_grace if timeout is None else timeout
         with self._idle:
             self._idle.wait_for(lambda: self._handlers == 0, grace)
