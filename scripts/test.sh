@@ -19,11 +19,19 @@ if ((${#need[@]})); then
   fi
 fi
 
-python -m pip install -q -e '.[dev]'
+# A project virtualenv (Debian's system Python refuses `pip install` outside one); reuse the
+# environment we are already in, if any.
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  py=python
+else
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  py=.venv/bin/python
+fi
+"$py" -m pip install -q -e '.[dev]'
 
-echo "== ruff check";         python -m ruff check src tests bench
-echo "== ruff format --check"; python -m ruff format --check src tests bench
-echo "== mypy --strict";      python -m mypy src
+echo "== ruff check";          "$py" -m ruff check src tests bench
+echo "== ruff format --check"; "$py" -m ruff format --check src tests bench
+echo "== mypy --strict";       "$py" -m mypy src
 echo "== pytest"
-python -m pytest -p no:cacheprovider --timeout=120 \
+"$py" -m pytest -p no:cacheprovider --timeout=120 \
   --cov=opensocket --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=90 "$@"
