@@ -16,6 +16,8 @@ class ConnectionStats:
     bytes_out: int = 0
     messages_in: int = 0
     messages_out: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
     errors: int = 0
     rtt: float | None = None
 
@@ -31,6 +33,8 @@ class ServerStats:
     bytes_out: int = 0
     messages_in: int = 0
     messages_out: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
     errors: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
 
@@ -40,4 +44,6 @@ class ServerStats:
         self.bytes_out += stats.bytes_out
         self.messages_in += stats.messages_in
         self.messages_out += stats.messages_out
+        self.frames_in += stats.frames_in
+        self.frames_out += stats.frames_out
         self.errors += stats.errors

@@ -83,3 +83,15 @@ async def test_a_tcp_address_served_with_tls_reports_tls(pki: Pki) -> None:
         async with await opensocket.connect(server.url, tls=pki.client_tls()) as conn:
             await conn.send(b"over tls")
             assert await conn.recv(timeout=5) == b"over tls"
+
+
+async def test_stats_count_frames_as_well_as_messages() -> None:
+    server = await opensocket.serve("tcp://127.0.0.1:0", echo)
+    async with server, await opensocket.connect(server.url) as conn:
+        await conn.send_many([b"a", b"b"])
+        assert [await conn.recv(timeout=5) for _ in range(2)] == [b"a", b"b"]
+        stats = conn.stats
+        assert (stats.messages_out, stats.messages_in) == (2, 2)
+        assert stats.frames_out == 3  # HELLO + 2 DATA
+        assert stats.frames_in == 3  # WELCOME + 2 DATA
+        assert server.stats.frames_in == 3

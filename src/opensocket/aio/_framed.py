@@ -438,6 +438,8 @@ class FramedProtocol(asyncio.BufferedProtocol):
             bytes_out=core.bytes_out,
             messages_in=core.messages_in,
             messages_out=core.messages_out,
+            frames_in=core.frames_in,
+            frames_out=core.frames_out,
             errors=self.errors,
             rtt=core.rtt,
         )

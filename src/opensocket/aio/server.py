@@ -350,6 +350,7 @@ class Server:
         )
         snap.bytes_in, snap.bytes_out = self._stats.bytes_in, self._stats.bytes_out
         snap.messages_in, snap.messages_out = self._stats.messages_in, self._stats.messages_out
+        snap.frames_in, snap.frames_out = self._stats.frames_in, self._stats.frames_out
         snap.active = len(self._live)
         for item in list(self._live):
             if isinstance(item, FramedProtocol):

@@ -186,6 +186,8 @@ class FramedConnection:
         "bytes_out",
         "close_code",
         "close_reason",
+        "control_in",
+        "control_out",
         "messages_in",
         "messages_out",
         "options",
@@ -220,6 +222,7 @@ class FramedConnection:
         self.rtt: float | None = None
         self.bytes_in = self.bytes_out = 0
         self.messages_in = self.messages_out = 0
+        self.control_in = self.control_out = 0  # frames other than DATA (handshake, pings, ...)
         # Until the handshake is done only small control frames may arrive: a client that
         # has not even said HELLO must not make us buffer a max_frame_size body.
         self._decoder = FrameDecoder(hs.MAX_HANDSHAKE_BODY, scratch=scratch)
@@ -407,6 +410,16 @@ class FramedConnection:
         return out
 
     @property
+    def frames_in(self) -> int:
+        """Frames received: messages and control frames."""
+        return self.messages_in + self.control_in
+
+    @property
+    def frames_out(self) -> int:
+        """Frames queued for sending: messages and control frames."""
+        return self.messages_out + self.control_out
+
+    @property
     def pending_output(self) -> int:
         """Bytes queued and not yet taken by ``data_to_send``."""
         return len(self._out)
@@ -528,6 +541,7 @@ class FramedConnection:
         while decoder.frames:
             frames = decoder.frames
             decoder.frames = []
+            self.control_in += len(frames)
             for index, frame in frames:
                 if self.state is State.HANDSHAKE and index:
                     raise UnexpectedFrame(EARLY_MESSAGE)
@@ -665,6 +679,7 @@ class FramedConnection:
 
     def _send_control(self, ftype: int, body: bytes) -> None:
         encode_frame(self._out, ftype, body, checksum=True)
+        self.control_out += 1
 
     def _close_body(self, code: int, reason: str) -> bytes:
         # The peer rejects any frame over its limit, a CLOSE or ERROR included.

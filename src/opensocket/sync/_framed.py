@@ -360,6 +360,8 @@ class FramedLink:
             bytes_out=core.bytes_out,
             messages_in=core.messages_in,
             messages_out=core.messages_out,
+            frames_in=core.frames_in,
+            frames_out=core.frames_out,
             errors=self.errors,
             rtt=core.rtt,
         )

@@ -483,6 +483,7 @@ class Server:
             )
             snap.bytes_in, snap.bytes_out = self._stats.bytes_in, self._stats.bytes_out
             snap.messages_in, snap.messages_out = self._stats.messages_in, self._stats.messages_out
+            snap.frames_in, snap.frames_out = self._stats.frames_in, self._stats.frames_out
             live = list(self._live)
         snap.active = len(live)
         for item in live:
