@@ -27,7 +27,8 @@ from opensocket.certs import (
     parse_hosts,
     write_issued,
 )
-from opensocket.cli import main
+from opensocket.cli import main, parse_args
+from opensocket.cli.echo import tls_client_files
 from opensocket.errors import ConfigError, OpenSocketError
 
 CLI = [sys.executable, "-c", "from opensocket.cli import run; run()"]
@@ -335,6 +336,10 @@ def test_cli_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["cert", "client", "--dir", str(tmp_path), "--client", "carol", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ca"]["reused"] is True
+    assert summary["written"] == [str(tmp_path / "carol.pem"), str(tmp_path / "carol-key.pem")]
+    assert summary["client"]["name"] == "carol"
+    assert main(["cert", "client", "--dir", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["written"] == [str(tmp_path / "client.pem"), str(tmp_path / "client-key.pem")]
     assert not (tmp_path / "server.pem").exists()
 
@@ -374,12 +379,8 @@ def test_cli_as_a_subprocess(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert {Path(p).name for p in summary["written"]} == {
-        *ALL_FILES,
-        "client.pem",
-        "client-key.pem",
-    }
-    assert oct(mode(tmp_path / "client-key.pem")) == oct(0o600)
+    assert {Path(p).name for p in summary["written"]} == {*ALL_FILES, "dave.pem", "dave-key.pem"}
+    assert oct(mode(tmp_path / "dave-key.pem")) == oct(0o600)
     again = subprocess.run(
         [*CLI, "cert", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=30
     )
@@ -387,8 +388,12 @@ def test_cli_as_a_subprocess(tmp_path: Path) -> None:
     assert "already exists" in again.stderr
 
 
-def test_printed_commands_work(tmp_path: Path, free_port: int) -> None:
-    """Run the mutual-TLS server and client lines `opensocket cert` prints, as printed."""
+@pytest.mark.parametrize("first_run", [True, False], ids=["first-run", "after-cert"])
+def test_printed_commands_work(tmp_path: Path, free_port: int, first_run: bool) -> None:
+    """Run the mutual-TLS server and client lines `opensocket cert --client` prints, as printed:
+    on a first run (CA, server and client made at once) and after a plain `opensocket cert`."""
+    if not first_run:
+        assert main(["cert", "--dir", str(tmp_path)]) == 0
     made = subprocess.run(
         [*CLI, "cert", "--dir", str(tmp_path), "--client", "erin", "--json"],
         capture_output=True,
@@ -397,6 +402,7 @@ def test_printed_commands_work(tmp_path: Path, free_port: int) -> None:
         check=True,
     )
     commands = json.loads(made.stdout)["commands"]
+    assert set(commands) >= {"server_mutual", "client_mutual"}
 
     def argv(line: str) -> list[str]:
         words = shlex.split(line.replace(":9443", f":{free_port}"))
@@ -421,8 +427,9 @@ def test_printed_commands_work(tmp_path: Path, free_port: int) -> None:
         )
         assert client.returncode == 0, client.stderr
         assert "printed" in client.stdout
+        without_cert = commands["client_mutual"].split(" --tls-cert ")[0]
         refused = subprocess.run(
-            [*argv(commands["client"]), "--count", "1"],
+            [*argv(without_cert), "--count", "1"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -445,3 +452,107 @@ def test_bad_input_writes_nothing(tmp_path: Path, kwargs: dict[str, object]) -> 
     with pytest.raises(ConfigError):
         make_dev_certs(tmp_path / "out", **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()
+
+
+# ---- `opensocket cert --client NAME` after `opensocket cert` ---------------------------------
+
+
+def test_cli_client_after_a_default_run_makes_only_the_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cert", "--dir", str(tmp_path)]) == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ALL_FILES}
+    capsys.readouterr()
+    assert main(["cert", "--dir", str(tmp_path), "--client", "alice"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*ALL_FILES, "alice.pem", "alice-key.pem"]
+    )
+    assert {name: (tmp_path / name).read_bytes() for name in ALL_FILES} == before
+    alice = load(tmp_path / "alice.pem")
+    assert alice.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
+    assert eku(alice) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    alice.verify_directly_issued_by(load(tmp_path / "ca.pem"))
+    assert mode(tmp_path / "alice-key.pem") == 0o600
+    assert f"signed with the existing CA {tmp_path / 'ca.pem'}" in out
+    assert f"--tls-cert {tmp_path / 'server.pem'}" in out  # how to serve with mutual TLS
+    assert f"--tls-cert {tmp_path / 'alice.pem'} --tls-key {tmp_path / 'alice-key.pem'}" in out
+
+
+def test_cli_client_twice_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cert", "--dir", str(tmp_path), "--client", "alice"]) == 0
+    first = (tmp_path / "alice.pem").read_bytes()
+    capsys.readouterr()
+    assert main(["cert", "--dir", str(tmp_path), "--client", "alice", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp_path / 'alice.pem'} already exists: pass --force to replace it" in captured.err
+    assert json.loads(captured.out) == {
+        "error": f"{tmp_path / 'alice.pem'} already exists: pass --force to replace it",
+        "exit": 1,
+    }
+    assert main(["cert", "--dir", str(tmp_path), "--client", "alice", "--force"]) == 0
+    assert (tmp_path / "alice.pem").read_bytes() != first
+
+
+def test_cli_messages_never_say_force_true(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cert", "--dir", str(tmp_path)]) == 0
+    for argv in (["cert"], ["cert", "ca"], ["cert", "server"], ["cert", "all", "--client", "x"]):
+        assert main([*argv, "--dir", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert "already exists: pass --force to replace it" in err
+        assert "force=True" not in err
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [("Bob Smith", "Bob-Smith"), ("ca", "client-ca"), ("server", "client-server"),
+     ("eve-key", "client-eve-key"), ("../../etc/passwd", "etc-passwd")],
+)  # fmt: skip
+def test_cli_client_file_names_are_safe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, stem: str
+) -> None:
+    assert main(["cert", "client", "--dir", str(tmp_path), "--client", name, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["client"] == {
+        "cert": str(tmp_path / f"{stem}.pem"),
+        "key": str(tmp_path / f"{stem}-key.pem"),
+        "name": name,
+    }
+    assert summary["ca"]["reused"] is False  # the first run in the folder made the CA
+    load(tmp_path / f"{stem}.pem").verify_directly_issued_by(load(tmp_path / "ca.pem"))
+
+
+@pytest.mark.parametrize("name", ["", " ", "x" * 65])
+def test_cli_bad_client_names_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    assert main(["cert", "--dir", str(tmp_path), "--client", name]) == 2
+    assert "--client" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_client_without_a_usable_ca_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cert", "ca", "--dir", str(tmp_path)]) == 0
+    (tmp_path / "ca-key.pem").unlink()
+    capsys.readouterr()
+    assert main(["cert", "--dir", str(tmp_path), "--client", "alice"]) == 1
+    assert "ca-key.pem does not" in capsys.readouterr().err
+    assert not (tmp_path / "alice.pem").exists()
+
+
+def test_echo_serve_hint_finds_a_named_client_certificate(tmp_path: Path) -> None:
+    """'echo serve ... --tls-client-auth required' prints the files 'cert --client' made."""
+    assert main(["cert", "--dir", str(tmp_path), "--client", "alice"]) == 0
+    args = parse_args(
+        ["echo", "serve", "tls://127.0.0.1:0", "--tls-cert", str(tmp_path / "server.pem"),
+         "--tls-key", str(tmp_path / "server-key.pem"), "--tls-client-auth", "required"]
+    )  # fmt: skip
+    assert tls_client_files(args) == (
+        str(tmp_path / "ca.pem"),
+        str(tmp_path / "alice.pem"),
+        str(tmp_path / "alice-key.pem"),
+    )

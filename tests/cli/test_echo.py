@@ -7,9 +7,11 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 import opensocket
+from opensocket import codecs
 from opensocket.address import Address
 from opensocket.cli import echo as echo_cli
 from opensocket.cli import main
@@ -33,8 +36,10 @@ REPLY = re.compile(r"^reply 'hello' \d+\.\d{3} ms$")
 def test_server_announces_every_address_with_its_port(echo_servers: EchoServers) -> None:
     info = echo_servers.info
     assert info["event"] == "listening"
-    assert info["mode"] == "framed"
     tcp, udp = echo_servers.urls["tcp"], echo_servers.urls["udp"]
+    modes = {item["address"]: item["mode"] for item in info["listeners"]}
+    assert modes == {tcp: "framed", udp: "udp", echo_servers.urls["unix"]: "framed"}
+    assert [item["connect"] for item in info["listeners"]] == info["connect"]
     assert re.fullmatch(r"tcp://127\.0\.0\.1:[1-9]\d*", tcp)
     assert re.fullmatch(r"udp://127\.0\.0\.1:[1-9]\d*", udp)
     assert f"opensocket echo {tcp}" in info["connect"]
@@ -61,6 +66,7 @@ def test_every_codec_is_echoed(echo_servers: EchoServers, codec: str) -> None:
     assert out[2]["sent"] == out[2]["received"] == 2
     assert out[2]["lost"] == 0
     assert set(out[2]["rtt_ms"]) == {"min", "avg", "max"}
+    assert out[2]["exit"] == 0
 
 
 def test_udp_echo_client_process(echo_servers: EchoServers) -> None:
@@ -163,7 +169,7 @@ def test_raw_client_reports_a_closed_stream(capsys: pytest.CaptureFixture[str]) 
 def test_raw_server_with_socat_and_nc(spawn: Any) -> None:
     server = spawn("echo", "serve", "tcp://127.0.0.1:0", "--raw", "--json")
     info = server.json_line()
-    assert info["mode"] == "raw"
+    assert [item["mode"] for item in info["listeners"]] == ["raw"]
     assert info["connect"] == [f"opensocket echo {info['addresses'][0]} --raw"]
     port = info["addresses"][0].rsplit(":", 1)[1]
     blob = os.urandom(200_000) + b"\n"
@@ -329,9 +335,9 @@ def test_tls_hint_finds_the_ca_beside_the_certificate(tmp_path: Path) -> None:
 
 
 def main_parser_args(argv: list[str]) -> Any:
-    from opensocket.cli import _join_nested, build_parser
+    from opensocket.cli import parse_args
 
-    return build_parser().parse_args(_join_nested(argv))
+    return parse_args(argv)
 
 
 def test_wildcards_are_dialled_on_loopback() -> None:
@@ -379,3 +385,121 @@ def test_a_closed_stdin_does_not_crash_the_loop(echo_servers: EchoServers) -> No
     done = subprocess.run(argv, capture_output=True, timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(b"reply 'hello' ")
+
+
+# ---- codecs: only the installed ones by default; a narrowed server prints --codec --------------
+
+
+def _hide_msgpack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the msgpack package were not installed."""
+    monkeypatch.setitem(codecs._REGISTRY, "msgpack", codecs._msgpack)
+    monkeypatch.setitem(sys.modules, "msgpack", None)
+
+
+def test_default_codecs_are_the_installed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert echo_cli.default_codecs() == ("bytes", "json", "msgpack")  # dev installs msgpack
+    _hide_msgpack(monkeypatch)
+    assert echo_cli.default_codecs() == ("bytes", "json")
+
+
+def test_server_without_msgpack_offers_bytes_and_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _hide_msgpack(monkeypatch)
+
+    async def client(service: echo_cli.EchoService, commands: list[str], args: Any) -> None:
+        assert service.protocol.codecs == ("bytes", "json")
+        async with await opensocket.connect(str(service.addresses[0]), codec="json") as conn:
+            await conn.send([1])
+            assert await conn.recv() == [1]
+
+    assert _run_server_in_process(["echo", "serve", "tcp://127.0.0.1:0"], monkeypatch, client) == 0
+    assert "(framed: bytes, json)\n" in capsys.readouterr().out
+
+
+def test_a_narrowed_server_prints_a_command_that_works(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--codec json: the printed command (run as printed) gets its echo; without the flag the
+    client's default codec (bytes) is refused."""
+    results: dict[str, Any] = {}
+
+    async def client(service: echo_cli.EchoService, commands: list[str], args: Any) -> None:
+        tcp, udp = (str(a) for a in service.addresses)
+        assert commands == [f"opensocket echo {tcp} --codec json", f"opensocket echo {udp}"]
+        words = shlex.split(commands[0])[1:]
+        results["printed"] = await asyncio.to_thread(run_cli, *words, "-c", "1", "-m", '{"k": 1}')
+        results["bare"] = await asyncio.to_thread(run_cli, "echo", tcp, "-c", "1")
+
+    argv = ["echo", "serve", "tcp://127.0.0.1:0", "udp://127.0.0.1:0", "--codec", "json"]
+    assert _run_server_in_process([*argv, "--json"], monkeypatch, client) == 0
+    printed, bare = results["printed"], results["bare"]
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.startswith(b'reply {"k": 1} ')
+    assert bare.returncode == 1
+    assert b"codec" in bare.stderr
+    announced = json.loads(capsys.readouterr().out.splitlines()[0])
+    framed, datagrams = announced["listeners"]
+    assert framed["mode"] == "framed"
+    assert framed["codecs"] == ["json"]
+    assert framed["connect"].endswith(" --codec json")
+    assert datagrams == {
+        "address": announced["addresses"][1],
+        "mode": "udp",
+        "connect": f"opensocket echo {announced['addresses'][1]}",
+    }
+
+
+def test_raw_and_udp_addresses_report_their_own_mode(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def client(service: echo_cli.EchoService, commands: list[str], args: Any) -> None:
+        assert commands[1] == f"opensocket echo {service.addresses[1]}"  # no --raw for UDP
+
+    argv = ["echo", "serve", "tcp://127.0.0.1:0", "udp://127.0.0.1:0", "--raw", "--json"]
+    assert _run_server_in_process(argv, monkeypatch, client) == 0
+    announced = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert [item["mode"] for item in announced["listeners"]] == ["raw", "udp"]
+    assert announced["connect"][0].endswith(" --raw")
+
+
+# ---- Ctrl-C: the summary so far, exit code 130 ------------------------------------------------
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_ctrl_c_prints_the_summary_so_far(
+    json_mode: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The peer echoes two lines, then sends SIGINT to this process and echoes no more."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+
+        def echo_two_then_interrupt() -> None:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as lines:
+                conn.sendall(lines.readline())
+                conn.sendall(lines.readline())
+                os.kill(os.getpid(), signal.SIGINT)
+                while lines.readline():  # until the client closes
+                    pass
+
+        thread = threading.Thread(target=echo_two_then_interrupt)
+        thread.start()
+        try:
+            argv = ["echo", url, "--raw", "-c", "1000", "-i", "0.01", "--timeout", "30"]
+            assert main(argv + ["--json"] * json_mode) == 130
+        finally:
+            thread.join(WAIT)
+    lines = capsys.readouterr().out.splitlines()
+    if json_mode:
+        summary = json.loads(lines[-1])
+        assert summary["interrupted"] is True
+        assert summary["exit"] == 130
+        assert summary["received"] == 2
+        assert summary["sent"] in (2, 3)
+        assert len(lines) == 3
+    else:
+        assert re.fullmatch(r"sent [23], received 2, lost [01], rtt min/avg/max \S+ ms", lines[-1])
+        assert len(lines) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +235,84 @@ def test_connect_udp_in_process(
     _stdin(monkeypatch, b"one datagram")
     assert main(["connect", echo_servers.urls["udp"], "-q", "0.2"]) == 0
     assert capsysbinary.readouterr().out == b"one datagram"
+
+
+# ---- the peer half-closes first: stdin still goes out until it ends --------------------------
+
+
+@contextlib.contextmanager
+def _late_stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> Iterator[None]:
+    """stdin is a pipe that gets ``data`` (then ends) only after the peer's bytes were written
+    to stdout, that is once the peer has already shut down its sending side."""
+    read_fd, write_fd = os.pipe()
+    stdin = os.fdopen(read_fd, "rb", buffering=0)
+    monkeypatch.setattr("sys.stdin", stdin)
+    written = threading.Event()
+    write_out = pipe_cli._write_out
+
+    def noted(out: Any, chunk: bytes) -> None:
+        write_out(out, chunk)
+        written.set()
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as pipe:
+            if written.wait(WAIT):
+                pipe.write(data)
+
+    monkeypatch.setattr(pipe_cli, "_write_out", noted)
+    thread = threading.Thread(target=feed)
+    thread.start()
+    try:
+        yield
+    finally:
+        written.set()
+        thread.join(WAIT)
+        stdin.close()
+
+
+def _half_closing_peer(sock: socket.socket, received: list[bytes]) -> None:
+    """Send, shut down the sending side, then read everything until the other side ends."""
+    with sock:
+        sock.settimeout(WAIT)
+        sock.sendall(b"from the peer\n")
+        sock.shutdown(socket.SHUT_WR)
+        while chunk := sock.recv(4096):
+            received.append(chunk)
+
+
+def test_connect_keeps_sending_stdin_after_the_peer_half_closes(
+    monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    received: list[bytes] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        peer = threading.Thread(target=lambda: _half_closing_peer(listener.accept()[0], received))
+        peer.start()
+        try:
+            with _late_stdin(monkeypatch, b"stdin after the peer's EOF\n"):
+                assert main(["connect", url]) == 0
+        finally:
+            peer.join(WAIT)
+    assert b"".join(received) == b"stdin after the peer's EOF\n"
+    assert capsysbinary.readouterr().out == b"from the peer\n"
+
+
+def test_listen_keeps_sending_stdin_after_the_peer_half_closes(
+    monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    received: list[bytes] = []
+
+    def peer(addresses: list[Any]) -> None:
+        sock = socket.create_connection((addresses[0].host, addresses[0].port), WAIT)
+        _half_closing_peer(sock, received)
+
+    thread = _when_listening(monkeypatch, peer)
+    try:
+        with _late_stdin(monkeypatch, b"listener's stdin\n"):
+            assert main(["listen", "tcp://127.0.0.1:0"]) == 0
+    finally:
+        thread.join(WAIT)
+    assert b"".join(received) == b"listener's stdin\n"
+    assert capsysbinary.readouterr().out == b"from the peer\n"

@@ -144,3 +144,21 @@ async def _run_snippet_here(lines: list[str]) -> None:
     conn = namespace["conn"]
     assert conn.stats.messages_in == 1
     await conn.close()
+
+
+def test_serve_narrowed_to_json_prints_working_command_and_snippet(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def client(service: echo_cli.EchoService, commands: list[str], args: Any) -> None:
+        url = str(service.addresses[0])
+        assert commands == [f"opensocket echo {url} --codec json"]
+        snippet = serve_cli.python_snippet(args, service)
+        assert snippet[2] == f'  >>> conn = await opensocket.connect("{url}", codec="json")'
+        assert snippet[3] == '  >>> await conn.send("hello"); await conn.recv()'
+        await _run_snippet_here(snippet[1:])
+
+    argv = ["serve", "--listen", "tcp://127.0.0.1:0", "--codec", "json,msgpack"]
+    assert run_server_in_process(argv, monkeypatch, client) == 0
+    out = capsys.readouterr().out
+    assert "(framed: json, msgpack)" in out
+    assert "1 connection, 1 message," in out

@@ -21,12 +21,12 @@ import logging
 import os
 import sys
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from .. import __version__
 from ..errors import AddressError, ConfigError, OpenSocketError
 
-__all__ = ["main", "run"]
+__all__ = ["UsageError", "build_parser", "main", "parse_args", "report_failure", "run"]
 
 COMMANDS = ("serve", "echo", "connect", "listen", "cert")
 _MODULES = {"connect": "pipe", "listen": "pipe", "echo serve": "echo"}
@@ -71,13 +71,15 @@ def _help(name: str) -> str:
     return str(module.HELPS[name] if name in _MODULES else module.HELP)
 
 
-def _command_parser(name: str, **kwargs: Any) -> _Parser:
-    return _Parser(
+def _command_parser(name: str) -> _Parser:
+    """A command's parser on its own (``opensocket NAME``), outside the top-level one."""
+    parser = _Parser(
         prog=f"opensocket {name}",
         description=_help(name),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        **kwargs,
     )
+    _configure(parser, name)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,10 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _parser_for(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
     """The parser for ``argv`` and the arguments it parses (two-word commands have their own)."""
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in _NESTED:
-        name = f"{argv[0]} {argv[1]}"
-        parser = _command_parser(name)
-        _configure(parser, name)
-        return parser, argv[2:]
+        return _command_parser(f"{argv[0]} {argv[1]}"), argv[2:]
     return build_parser(), argv
 
 
@@ -118,14 +117,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if extra:
         # the command's own parser reports it, with the command's usage line
         own = parser if args.command in _NESTED else _command_parser(args.command)
-        if own is not parser:
-            _configure(own, args.command)
         own.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
-    """-v / -vv / -q, shared by every command."""
+    """-v / -vv, shared by every command."""
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
     )
@@ -146,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
     except UsageError as exc:
-        return _fail(str(exc), 2, json_mode="--json" in argv)
+        return report_failure(str(exc), 2, json_mode="--json" in argv)
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
     setup_logging(args.verbose)
@@ -158,16 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (AddressError, ConfigError) as exc:
-        return _fail(prefix + error_text(exc), 2, json_mode=json_mode)
+        return report_failure(prefix + error_text(exc), 2, json_mode=json_mode)
     except OpenSocketError as exc:
-        return _fail(prefix + error_text(exc), 1, json_mode=json_mode)
+        return report_failure(prefix + error_text(exc), 1, json_mode=json_mode)
     except BrokenPipeError:
         return 1
 
 
-def _fail(line: str, code: int, *, json_mode: bool) -> int:
-    """Report a failure: one line on stderr, and with --json also a JSON object on stdout."""
+def report_failure(line: str, code: int, *, json_mode: bool, hint: str = "") -> int:
+    """Report a failure: one line (and a ``hint``) on stderr; with --json also a JSON object on
+    stdout. Return ``code``."""
     print(line, file=sys.stderr)
+    if hint:
+        print(hint, file=sys.stderr)
     if json_mode:
         message = line.split(": error: ", 1)[-1]
         with contextlib.suppress(OSError):

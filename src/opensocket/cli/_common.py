@@ -166,7 +166,11 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, server: bool = False) 
         help="largest frame accepted (default: 16 MiB)",
     )
     group.add_argument(
-        "--heartbeat", type=float, default=None, metavar="SECONDS", help="ping interval (0: off)"
+        "--heartbeat",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="ping interval (default: 15; 0: off)",
     )
 
 

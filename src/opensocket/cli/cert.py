@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ipaddress
+import re
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
-from ..certs import CA_DAYS, DEFAULT_HOSTS, LEAF_DAYS, DevCerts, Kind, make_dev_certs
+from ..certs import (
+    CA_DAYS,
+    DEFAULT_HOSTS,
+    LEAF_DAYS,
+    DevCerts,
+    Issued,
+    Kind,
+    issue_client_cert,
+    load_issued,
+    make_dev_certs,
+    write_issued,
+)
+from ..errors import ConfigError, OpenSocketError
 from ._common import print_json
 
-__all__ = ["HELP", "NAME", "configure", "execute"]
+__all__ = ["HELP", "NAME", "client_stem", "configure", "execute"]
 
 NAME = "cert"
 HELP = "make a development CA and TLS certificates (server, and client for mutual TLS)"
@@ -20,10 +33,14 @@ HELP = "make a development CA and TLS certificates (server, and client for mutua
 EPILOG = f"""\
 what to make:
   all      the CA (reused when DIR has one) and a server certificate, plus a client
-           certificate when --client is given (default)
+           certificate when --client is given (the default without --client)
   ca       a new CA only (ca.pem, ca-key.pem)
   server   a server certificate signed by the CA in DIR (server.pem, server-key.pem)
-  client   a client certificate signed by the CA in DIR (client.pem, client-key.pem)
+  client   a client certificate signed by the CA in DIR: NAME.pem and NAME-key.pem for
+           --client NAME, client.pem and client-key.pem without a name
+
+--client NAME without WHAT makes only the client certificate, signed by the CA in DIR (on a
+first run, with no CA in DIR yet, the CA and a server certificate are made too).
 
 Keys are ECDSA P-256, written with mode 0600. Existing files are never replaced without
 --force; the CA in DIR is reused by server and client so that clients keep trusting it
@@ -31,10 +48,10 @@ Keys are ECDSA P-256, written with mode 0600. Existing files are never replaced 
 {", ".join(DEFAULT_HOSTS)} unless --host is given.
 
 examples:
-  opensocket cert                          CA + server certificate in ./certs
-  opensocket cert --client alice           ... and a client certificate for mutual TLS
+  opensocket cert                          # CA + server certificate in ./certs
+  opensocket cert --client alice           # then a client certificate: certs/alice.pem
   opensocket cert server --host myhost.test --host 10.0.0.5 --force
-  opensocket cert --dir /tmp/pki --json    machine-readable summary
+  opensocket cert --dir /tmp/pki --json    # machine-readable summary
 
 exit status: 0 files written; 1 failure (a file exists, the CA in DIR is unusable, a write
 failed); 2 usage error (bad option, host name or validity)
@@ -58,8 +75,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "what",
         nargs="?",
         choices=("all", "ca", "server", "client"),
-        default="all",
-        help="what to make (default: all)",
+        default=None,
+        help="what to make (default: all; with --client: the client certificate)",
     )
     parser.add_argument(
         "--dir", default="certs", metavar="DIR", help="folder for the files (default: ./certs)"
@@ -75,7 +92,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--client",
         metavar="NAME",
-        help="also make a client certificate with this name (mutual TLS)",
+        help="make a client certificate with this name, in NAME.pem (mutual TLS)",
     )
     parser.add_argument(
         "--days",
@@ -97,31 +114,101 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
-def _kinds(args: argparse.Namespace) -> tuple[Kind, ...]:
-    if args.what == "all":
-        return ("ca", "server", "client") if args.client else ("ca", "server")
+_RESERVED_STEMS = ("ca", "server")
+
+
+def client_stem(name: str | None) -> str:
+    """The file name (without .pem) of the client certificate for ``name``."""
+    if name is None:
+        return "client"
+    if not name.strip():
+        raise ConfigError("--client needs a non-empty name")
+    if len(name.strip()) > 64:
+        raise ConfigError(f"--client: a client name is at most 64 characters (got {len(name)})")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip(".-") or "client"
+    if stem.lower() in _RESERVED_STEMS or stem.lower().endswith("-key"):
+        stem = f"client-{stem}"  # never the name of the CA's, the server's or a key's file
+    return stem
+
+
+def _kinds(args: argparse.Namespace, folder: Path) -> tuple[Kind, ...]:
+    """What ``make_dev_certs`` makes; the client certificate is made here, named after it."""
+    if args.what is None and args.client is not None:
+        first_run = not (folder / "ca.pem").exists() and not (folder / "ca-key.pem").exists()
+        return ("ca", "server") if first_run else ()
+    if args.what in (None, "all"):
+        return ("ca", "server")
+    if args.what == "client":
+        no_ca = not (folder / "ca.pem").exists() and not (folder / "ca-key.pem").exists()
+        return ("ca",) if no_ca else ()
     kind: Kind = args.what
     return (kind,)
 
 
+def _signing_ca(result: DevCerts) -> Issued:
+    """The CA in the folder, to sign a client certificate."""
+    cert, key = result.ca_cert, result.ca_key
+    if not cert.exists() or not key.exists():
+        present, missing = (cert, key) if cert.exists() else (key, cert)
+        raise OpenSocketError(
+            f"{present} exists but {missing} does not: restore it, or make a new CA "
+            "with `opensocket cert ca --force`"
+        )
+    ca = load_issued(cert, key)
+    if ca.cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
+        raise OpenSocketError(
+            f"the CA in {cert} expired on {ca.cert.not_valid_after_utc:%Y-%m-%d}: make a new one "
+            "with `opensocket cert ca --force` (then reissue its certificates)"
+        )
+    return ca
+
+
+def _make(args: argparse.Namespace) -> DevCerts:
+    folder = Path(args.dir)
+    hosts = tuple(args.host) or DEFAULT_HOSTS
+    wants_client = args.client is not None or args.what == "client"
+    stem = client_stem(args.client)  # checked before anything is written
+    client_files = (folder / f"{stem}.pem", folder / f"{stem}-key.pem")
+    if wants_client and not args.force:
+        for path in client_files:
+            if path.exists():
+                raise OpenSocketError(f"{path} already exists: pass --force to replace it")
+    kinds = _kinds(args, folder)
+    if kinds:
+        result = make_dev_certs(
+            folder, kinds=kinds, hosts=hosts, days=args.days, ca_days=args.ca_days, force=args.force
+        )
+    else:
+        result = DevCerts(folder, folder / "ca.pem", folder / "ca-key.pem", hosts=hosts)
+    if wants_client:
+        ca = _signing_ca(result)
+        result.reused_ca = result.reused_ca or "ca" not in kinds
+        name = args.client or "opensocket client"
+        client = issue_client_cert(ca, name, days=args.days)
+        try:
+            result.written += write_issued(client, *client_files, force=args.force)
+        except OSError as exc:
+            raise OpenSocketError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
+        result.client_cert, result.client_key = client_files
+        result.client_name = name
+    return result
+
+
 def execute(args: argparse.Namespace) -> int:
     """Make the files and say how to use them."""
-    if args.client and args.what in ("ca", "server"):
-        print(
-            f"opensocket cert: error: --client makes a client certificate: use it with "
-            f"'all' or 'client', not '{args.what}'",
-            file=sys.stderr,
+    if args.client is not None and args.what in ("ca", "server"):
+        raise ConfigError(
+            f"--client makes a client certificate: use it with 'all' or 'client', or alone, "
+            f"not with '{args.what}'"
         )
-        return 2
-    result = make_dev_certs(
-        args.dir,
-        kinds=_kinds(args),
-        hosts=tuple(args.host) or DEFAULT_HOSTS,
-        client_name=args.client or "opensocket client",
-        days=args.days,
-        ca_days=args.ca_days,
-        force=args.force,
-    )
+    try:
+        result = _make(args)
+    except OpenSocketError as exc:
+        # the library speaks to Python callers too; here the option is --force
+        text = str(exc).replace("--force (force=True)", "--force").replace("force=True", "--force")
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from exc
     if args.json:
         print_json(summary(result))
     else:
@@ -147,13 +234,20 @@ def commands(result: DevCerts, port: int = 9443) -> dict[str, str]:
     url = f"tls://{_example_host(result.hosts)}:{port}"
     out: dict[str, str] = {}
     client = f"opensocket echo {url} --tls-ca {q(str(result.ca_cert))}"
-    if result.server_cert and result.server_key:
+    server_cert, server_key = result.server_cert, result.server_key
+    made_now = server_cert is not None
+    if not made_now and result.client_cert:  # a server certificate made before, beside it
+        beside = result.directory / "server.pem", result.directory / "server-key.pem"
+        if all(path.is_file() for path in beside):
+            server_cert, server_key = beside
+    if server_cert and server_key:
         server = (
-            f"opensocket echo serve {url} --tls-cert {q(str(result.server_cert))} "
-            f"--tls-key {q(str(result.server_key))}"
+            f"opensocket echo serve {url} --tls-cert {q(str(server_cert))} "
+            f"--tls-key {q(str(server_key))}"
         )
-        out["server"] = server
-        out["client"] = client
+        if made_now:
+            out["server"] = server
+            out["client"] = client
         out["server_mutual"] = (
             f"{server} --tls-ca {q(str(result.ca_cert))} --tls-client-auth required"
         )
@@ -206,7 +300,12 @@ def report(result: DevCerts) -> str:
         }
         for key, line in examples.items():
             lines += [f"  # {labels[key]}", f"  {line}"]
-    else:
+    if result.client_cert and "server_mutual" not in examples:
+        lines.append(
+            f"servers accept it with --tls-ca {shlex.quote(str(result.ca_cert))} "
+            "--tls-client-auth required"
+        )
+    if not examples:
         lines += ["", f"clients trust servers signed by this CA with --tls-ca {result.ca_cert}"]
     lines.append("these are for development: do not use them in production")
     return "\n".join(lines)

@@ -95,7 +95,8 @@ run an echo server with 'opensocket echo serve URL' (see 'opensocket echo serve 
 
 _SERVER_EPILOG: Final = """\
 prints the bound addresses (the real port when port 0 was asked) and the command that
-connects to each; --json prints one JSON line instead. Runs until Ctrl-C or SIGTERM, then
+connects to each; --json prints one JSON line instead, whose "listeners" give each address
+with its mode (framed, raw or udp) and command. Runs until Ctrl-C or SIGTERM, then
 closes every connection gracefully and prints a summary. A framed server accepts the codecs
 bytes and json, and msgpack when it is installed (pip install 'opensocket[msgpack]'), unless
 --codec narrows them. The framed-protocol options (--codec, --secret-env, ...) do not apply to
@@ -333,7 +334,22 @@ def tls_client_files(args: argparse.Namespace) -> tuple[str, str | None, str | N
     ca = args.tls_ca or (str(beside) if beside.is_file() else str(args.tls_cert))
     if (args.tls_client_auth or "none") == "none":
         return ca, None, None
-    return ca, str(folder / "client.pem"), str(folder / "client-key.pem")
+    cert, key = _client_pair(folder)
+    return ca, str(cert), str(key)
+
+
+def _client_pair(folder: Path) -> tuple[Path, Path]:
+    """client.pem, else the one NAME.pem made by 'opensocket cert --client NAME', in ``folder``."""
+    default = folder / "client.pem", folder / "client-key.pem"
+    if default[0].is_file():
+        return default
+    named = [
+        (cert, folder / f"{cert.stem}-key.pem")
+        for cert in sorted(folder.glob("*.pem"))
+        if cert.stem not in ("ca", "server") and not cert.stem.endswith("-key")
+    ]
+    named = [(cert, key) for cert, key in named if key.is_file()]
+    return named[0] if len(named) == 1 else default
 
 
 def _tls_flags(args: argparse.Namespace) -> list[str]:
@@ -691,11 +707,17 @@ def _run_client(args: argparse.Namespace) -> int:
     addr = parse_address(args.url)
     _check_client_args(args, addr)
     tally = aio.run(_client(args, addr), use_uvloop=not args.no_uvloop)
+    if tally.interrupted:
+        code = 130
+    else:
+        code = 0 if tally.received == tally.sent and not tally.error else 1
     summary = tally.summary()
+    if tally.interrupted and sys.stderr.isatty():
+        print(file=sys.stderr)  # past the ^C the terminal echoed
     if tally.error:
         print(f"opensocket echo: error: {tally.error}", file=sys.stderr)
     if args.json:
-        print_json(summary)
+        print_json({**summary, "exit": code})
     else:
         rtt = summary.get("rtt_ms")
         times = (
@@ -704,6 +726,4 @@ def _run_client(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"sent {tally.sent}, received {tally.received}, lost {summary['lost']}{times}")
-    if tally.interrupted:
-        return 130
-    return 0 if tally.received == tally.sent and not tally.error else 1
+    return code

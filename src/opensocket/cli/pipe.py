@@ -1,7 +1,8 @@
 """``opensocket connect`` and ``opensocket listen``: netcat-like pipes between stdio and a peer.
 
 Bytes go through unchanged (no framing). Stream peers (tcp, tls, unix) half-close when stdin
-ends and the pipe lasts until the peer closes; UDP sends each stdin chunk as one datagram.
+ends and the pipe lasts until the peer closes; when the peer ends its side first, stdin is still
+sent until it ends. UDP sends each stdin chunk as one datagram.
 stdin is read without blocking the event loop: through a pipe transport when it is a pipe,
 socket or terminal, else by a reader thread (regular files, /dev/null, replaced streams).
 """
@@ -27,6 +28,8 @@ from ..options import ServerLimits
 from ._common import (
     add_tls_args,
     add_uvloop_arg,
+    check_positive,
+    check_tls_flags,
     socket_options,
     stop_on_signals,
     tls_from,
@@ -50,13 +53,14 @@ _EPILOGS: Final = {
     "connect": """\
 stream peers (tcp, tls, unix): stdin goes to the peer, the peer's bytes go to stdout; when
 stdin ends the sending side is shut down (half-close) and output continues until the peer
-closes. UDP: each chunk of stdin is one datagram; replies go to stdout; after stdin ends,
-replies are awaited for --quit-after seconds (default 1).
+closes; when the peer ends its side first, stdin is still sent until it ends. UDP: each chunk
+of stdin is one datagram; replies go to stdout; after stdin ends, replies are awaited for
+--quit-after seconds (default 1).
 
 examples:
   opensocket connect tcp://127.0.0.1:9000 < request.bin > reply.bin
-  echo hello | opensocket connect udp://127.0.0.1:9000 -q 0.5
-  opensocket connect tls://example.com:443 --tls-server-name example.com
+  echo hello | opensocket connect udp://127.0.0.1:9000 -q 0.5   # wait 0.5 s for replies
+  opensocket connect tls://localhost:9443 --tls-ca certs/ca.pem
   opensocket connect unix:///run/app.sock
 """,
     "listen": """\
@@ -68,9 +72,10 @@ arrives).
 
 examples:
   opensocket listen tcp://127.0.0.1:9000 > upload.bin
-  opensocket listen tcp://127.0.0.1:0 --keep-open
+  opensocket listen tcp://127.0.0.1:0 --keep-open     # port 0: the system picks one
   opensocket listen udp://127.0.0.1:9000
-  opensocket listen tls://127.0.0.1:9443 --tls-cert cert.pem --tls-key key.pem
+  opensocket cert                                     # makes certs/ for the next line
+  opensocket listen tls://127.0.0.1:9443 --tls-cert certs/server.pem --tls-key certs/server-key.pem
 """,
 }
 
@@ -109,7 +114,13 @@ def execute(args: argparse.Namespace) -> int:
     """Run ``connect`` or ``listen``."""
     addr = parse_address(args.url)
     if args.quit_after is not None and args.quit_after < 0:
-        raise ConfigError("--quit-after must be 0 or more seconds")
+        raise ConfigError(f"--quit-after must be 0 or more seconds (got {args.quit_after:g})")
+    check_positive(getattr(args, "timeout", None), "--timeout")
+    check_tls_flags(args, [addr])
+    if args.command == "listen" and addr.is_tls and not args.tls_cert:
+        raise ConfigError(
+            "tls:// needs --tls-cert and --tls-key (`opensocket cert` makes a development set)"
+        )
     main = _connect if args.command == "connect" else _listen
     return aio.run(main(args, addr), use_uvloop=not args.no_uvloop)
 
@@ -278,18 +289,22 @@ async def pipe_stream(
     half_close: bool = True,
     quit_after: float | None = None,
 ) -> None:
-    """Copy stdin to the peer and the peer to ``out`` until the peer closes.
+    """Copy stdin to the peer and the peer to ``out`` until both directions are done.
 
     When stdin ends first the sending side is shut down (``half_close``) and output goes on
-    until the peer closes, or for at most ``quit_after`` seconds.
+    until the peer closes, or for at most ``quit_after`` seconds. When the peer ends its side
+    first (end of stream), stdin is still sent until it ends.
     """
     down = asyncio.ensure_future(_peer_to_out(stream, out))
     up = asyncio.ensure_future(_in_to_peer(stdin, stream, half_close))
     try:
         await asyncio.wait((down, up), return_when=asyncio.FIRST_COMPLETED)
-        if not down.done():
+        if up.done():
             up.result()  # a failed send ends the pipe with its error
             await asyncio.wait((down,), timeout=quit_after)
+        else:
+            down.result()  # a failed receive ends the pipe with its error
+            await up  # the peer half-closed: it may still read what stdin has to say
         if down.done():
             down.result()
     finally:

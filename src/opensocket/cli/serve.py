@@ -7,11 +7,10 @@ chat hub); this module only picks the defaults and says how to connect.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Final
 
 from ..errors import AddressInUse
-from . import error_text
+from . import error_text, report_failure
 from .echo import (
     EchoService,
     add_server_args,
@@ -61,8 +60,9 @@ def python_snippet(args: argparse.Namespace, service: EchoService) -> list[str]:
         return []
     url = reachable_address(streams[0])
     modules, options = "opensocket", [f'"{url}"']
-    codec = service.protocol.codecs[0]
-    if args.codec is not None:  # narrowed: the default codec (bytes) may be refused
+    codec = "bytes"  # what connect() offers by default
+    if args.codec is not None:  # narrowed: the default codec may be refused
+        codec = service.protocol.codecs[0]
         options.append(f'codec="{codec}"')
     if args.secret_env:
         modules += ", os"
@@ -73,11 +73,12 @@ def python_snippet(args: argparse.Namespace, service: EchoService) -> list[str]:
         ca, cert, key = tls_client_files(args)
         files = [f'ca_file="{ca}"'] + ([f'cert_file="{cert}"', f'key_file="{key}"'] if cert else [])
         options.append(f"tls=opensocket.TLSOptions({', '.join(files)})")
+    hello = '"hello"' if codec == "json" else 'b"hello"'  # json has no bytes
     return [
         "in Python (python -m asyncio):",
         f"  >>> import {modules}",
         f"  >>> conn = await opensocket.connect({', '.join(options)})",
-        f"  >>> await conn.send({'b' if codec != 'json' else ''}\"hello\"); await conn.recv()",
+        f"  >>> await conn.send({hello}); await conn.recv()",
     ]
 
 
@@ -87,10 +88,10 @@ def execute(args: argparse.Namespace) -> int:
     try:
         return serve_echo(args, urls, title="opensocket service", extra=python_snippet)
     except AddressInUse as exc:
-        print(
-            f"opensocket serve: error: {error_text(exc)}\n"
-            "  to run another instance, let the system pick a free port:\n"
+        return report_failure(
+            f"opensocket serve: error: {error_text(exc)}",
+            1,
+            json_mode=args.json,
+            hint="  to run another instance, let the system pick a free port:\n"
             "  opensocket serve --listen tcp://127.0.0.1:0",
-            file=sys.stderr,
         )
-        return 1
