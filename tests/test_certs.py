@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import opensocket
 from opensocket.certs import (
+    CertFileExists,
     create_ca,
     issue_client_cert,
     issue_server_cert,
@@ -177,8 +178,10 @@ def test_a_leaf_does_not_outlive_its_ca() -> None:
 def test_existing_files_are_not_replaced_without_force(tmp_path: Path) -> None:
     make_dev_certs(tmp_path)
     before = {name: (tmp_path / name).read_bytes() for name in ALL_FILES}
-    with pytest.raises(OpenSocketError, match=r"server\.pem already exists.*--force"):
+    with pytest.raises(CertFileExists, match=r"server\.pem already exists.*force=True") as info:
         make_dev_certs(tmp_path)
+    assert info.value.path == tmp_path / "server.pem"
+    assert isinstance(info.value, FileExistsError)
     assert {name: (tmp_path / name).read_bytes() for name in ALL_FILES} == before
 
 

@@ -36,12 +36,14 @@ __all__ = [
     "DEFAULT_HOSTS",
     "FILE_NAMES",
     "LEAF_DAYS",
+    "CertFileExists",
     "DevCerts",
     "Issued",
     "Kind",
     "create_ca",
     "issue_client_cert",
     "issue_server_cert",
+    "load_ca",
     "load_issued",
     "make_dev_certs",
     "parse_hosts",
@@ -315,8 +317,16 @@ def _write_atomic(path: Path, data: bytes, *, private: bool, force: bool) -> Non
             os.unlink(tmp)
 
 
-def _exists_error(path: Path) -> OpenSocketError:
-    return OpenSocketError(f"{path} already exists: pass --force (force=True) to replace it")
+class CertFileExists(OpenSocketError, FileExistsError):
+    """A file to be written exists and replacing was not asked for; ``path`` names it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} already exists: pass force=True to replace it")
+        self.path = path
+
+
+def _exists_error(path: Path) -> CertFileExists:
+    return CertFileExists(path)
 
 
 def write_issued(
@@ -353,7 +363,8 @@ def load_issued(cert_path: Path, key_path: Path) -> Issued:
     return Issued(cert, key)
 
 
-def _load_ca(cert_path: Path, key_path: Path) -> Issued:
+def load_ca(cert_path: Path, key_path: Path) -> Issued:
+    """Load a CA certificate and key, checking it is self-signed and not expired."""
     ca = load_issued(cert_path, key_path)
     try:
         ca.cert.verify_directly_issued_by(ca.cert)
@@ -367,7 +378,9 @@ def _load_ca(cert_path: Path, key_path: Path) -> Issued:
     return ca
 
 
-def _paths(directory: Path, kind: Kind) -> tuple[Path, Path]:
+def _paths(directory: Path, kind: Kind, stem: str | None = None) -> tuple[Path, Path]:
+    if stem is not None:
+        return directory / f"{stem}.pem", directory / f"{stem}-key.pem"
     cert_name, key_name = FILE_NAMES[kind]
     return directory / cert_name, directory / key_name
 
@@ -377,7 +390,7 @@ def _ca(result: DevCerts, *, new: bool, force: bool, days: int) -> Issued:
     cert, key = result.ca_cert, result.ca_key
     if not new and cert.exists() and key.exists():
         result.reused_ca = True
-        return _load_ca(cert, key)
+        return load_ca(cert, key)
     if not new and (cert.exists() or key.exists()):
         present, missing = (cert, key) if cert.exists() else (key, cert)
         raise OpenSocketError(
@@ -415,6 +428,7 @@ def make_dev_certs(
     kinds: Iterable[Kind] = ("ca", "server"),
     hosts: Sequence[str] = DEFAULT_HOSTS,
     client_name: str = "opensocket client",
+    client_file: str | None = None,
     days: int = LEAF_DAYS,
     ca_days: int = CA_DAYS,
     force: bool = False,
@@ -422,12 +436,14 @@ def make_dev_certs(
     """Make a development CA, server and/or client certificates in ``directory``.
 
     ``kinds`` says what to make. A CA already in the folder (``ca.pem`` and ``ca-key.pem``) is
-    reused to sign new certificates; asking for "ca" alone makes a new one. Existing files
+    reused to sign new certificates (and made when missing); asking for "ca" alone makes a new
+    one. ``client_file`` names the client files (``NAME.pem``, ``NAME-key.pem``). Existing files
     are never replaced unless ``force``; nothing is written if any target file exists.
     Returns the paths, with ``written`` listing the files actually written.
 
-    Raises ConfigError for a bad host name, validity or kind, and OpenSocketError when a
-    file exists (without ``force``), or the CA in the folder is unusable, or writing fails.
+    Raises ConfigError for a bad host name, validity or kind, CertFileExists when a file
+    exists (without ``force``), and OpenSocketError when the CA in the folder is unusable or
+    writing fails.
     """
     wanted = set(kinds)
     _validate(wanted, hosts, client_name, days, ca_days)
@@ -436,7 +452,7 @@ def make_dev_certs(
     if "server" in wanted:
         result.server_cert, result.server_key = _paths(folder, "server")
     if "client" in wanted:
-        result.client_cert, result.client_key = _paths(folder, "client")
+        result.client_cert, result.client_key = _paths(folder, "client", client_file)
         result.client_name = client_name
     new_ca = wanted == {"ca"}
     if not force:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import ipaddress
 import re
 import shlex
@@ -14,13 +13,10 @@ from ..certs import (
     CA_DAYS,
     DEFAULT_HOSTS,
     LEAF_DAYS,
+    CertFileExists,
     DevCerts,
-    Issued,
     Kind,
-    issue_client_cert,
-    load_issued,
     make_dev_certs,
-    write_issued,
 )
 from ..errors import ConfigError, OpenSocketError
 from ._common import print_json
@@ -132,66 +128,33 @@ def client_stem(name: str | None) -> str:
 
 
 def _kinds(args: argparse.Namespace, folder: Path) -> tuple[Kind, ...]:
-    """What ``make_dev_certs`` makes; the client certificate is made here, named after it."""
+    """What to make. ``--client NAME`` alone makes just the client certificate once a CA is
+    in the folder (a first run also makes the CA and a server certificate)."""
+    first_run = not (folder / "ca.pem").exists() and not (folder / "ca-key.pem").exists()
     if args.what is None and args.client is not None:
-        first_run = not (folder / "ca.pem").exists() and not (folder / "ca-key.pem").exists()
-        return ("ca", "server") if first_run else ()
+        return ("ca", "server", "client") if first_run else ("client",)
     if args.what in (None, "all"):
-        return ("ca", "server")
-    if args.what == "client":
-        no_ca = not (folder / "ca.pem").exists() and not (folder / "ca-key.pem").exists()
-        return ("ca",) if no_ca else ()
+        return ("ca", "server", "client") if args.client is not None else ("ca", "server")
     kind: Kind = args.what
     return (kind,)
 
 
-def _signing_ca(result: DevCerts) -> Issued:
-    """The CA in the folder, to sign a client certificate."""
-    cert, key = result.ca_cert, result.ca_key
-    if not cert.exists() or not key.exists():
-        present, missing = (cert, key) if cert.exists() else (key, cert)
-        raise OpenSocketError(
-            f"{present} exists but {missing} does not: restore it, or make a new CA "
-            "with `opensocket cert ca --force`"
-        )
-    ca = load_issued(cert, key)
-    if ca.cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
-        raise OpenSocketError(
-            f"the CA in {cert} expired on {ca.cert.not_valid_after_utc:%Y-%m-%d}: make a new one "
-            "with `opensocket cert ca --force` (then reissue its certificates)"
-        )
-    return ca
-
-
 def _make(args: argparse.Namespace) -> DevCerts:
     folder = Path(args.dir)
-    hosts = tuple(args.host) or DEFAULT_HOSTS
-    wants_client = args.client is not None or args.what == "client"
     stem = client_stem(args.client)  # checked before anything is written
-    client_files = (folder / f"{stem}.pem", folder / f"{stem}-key.pem")
-    if wants_client and not args.force:
-        for path in client_files:
-            if path.exists():
-                raise OpenSocketError(f"{path} already exists: pass --force to replace it")
-    kinds = _kinds(args, folder)
-    if kinds:
-        result = make_dev_certs(
-            folder, kinds=kinds, hosts=hosts, days=args.days, ca_days=args.ca_days, force=args.force
+    try:
+        return make_dev_certs(
+            folder,
+            kinds=_kinds(args, folder),
+            hosts=tuple(args.host) or DEFAULT_HOSTS,
+            client_name=args.client or "opensocket client",
+            client_file=stem,
+            days=args.days,
+            ca_days=args.ca_days,
+            force=args.force,
         )
-    else:
-        result = DevCerts(folder, folder / "ca.pem", folder / "ca-key.pem", hosts=hosts)
-    if wants_client:
-        ca = _signing_ca(result)
-        result.reused_ca = result.reused_ca or "ca" not in kinds
-        name = args.client or "opensocket client"
-        client = issue_client_cert(ca, name, days=args.days)
-        try:
-            result.written += write_issued(client, *client_files, force=args.force)
-        except OSError as exc:
-            raise OpenSocketError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
-        result.client_cert, result.client_key = client_files
-        result.client_name = name
-    return result
+    except CertFileExists as exc:
+        raise OpenSocketError(f"{exc.path} already exists: pass --force to replace it") from exc
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -201,14 +164,7 @@ def execute(args: argparse.Namespace) -> int:
             f"--client makes a client certificate: use it with 'all' or 'client', or alone, "
             f"not with '{args.what}'"
         )
-    try:
-        result = _make(args)
-    except OpenSocketError as exc:
-        # the library speaks to Python callers too; here the option is --force
-        text = str(exc).replace("--force (force=True)", "--force").replace("force=True", "--force")
-        if text == str(exc):
-            raise
-        raise type(exc)(text) from exc
+    result = _make(args)
     if args.json:
         print_json(summary(result))
     else:
