@@ -95,3 +95,27 @@ async def test_stats_count_frames_as_well_as_messages() -> None:
         assert stats.frames_out == 3  # HELLO + 2 DATA
         assert stats.frames_in == 3  # WELCOME + 2 DATA
         assert server.stats.frames_in == 3
+
+
+async def test_socket_options_read_timeout_is_the_default_for_recv() -> None:
+    from opensocket import sync
+    from opensocket.errors import ReadTimeout
+
+    opts = opensocket.SocketOptions(read_timeout=0.05)
+    async with (
+        await opensocket.serve("tcp://127.0.0.1:0", echo) as server,
+        await opensocket.connect(server.url, options=opts) as conn,
+    ):
+        with pytest.raises(ReadTimeout, match="within 0.05s"):
+            await conn.recv()
+        with pytest.raises(ReadTimeout):
+            await conn.recv_batch()
+        await conn.send(b"x")
+        assert await conn.recv(timeout=5) == b"x"  # an explicit timeout wins
+
+    with (
+        sync.serve("tcp://127.0.0.1:0", lambda c: [c.send(m) for m in c]) as sserver,
+        sync.connect(sserver.url, options=opts) as sconn,
+    ):
+        with pytest.raises(ReadTimeout, match="within 0.05s"):
+            sconn.recv()

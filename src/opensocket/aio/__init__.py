@@ -119,7 +119,7 @@ async def connect(
             safe_call(hooks.on_handshake_failed, addr.hostport, exc)
         raise
     local = format_sockaddr(transport.get_extra_info("sockname"))
-    conn = Connection(proto, local, str(addr))
+    conn = Connection(proto, local, str(addr), read_timeout=opts.read_timeout)
     if hooks is not None and hooks.on_connect is not None:
         from .._log import safe_call
 

@@ -448,8 +448,11 @@ class FramedProtocol(asyncio.BufferedProtocol):
 class Connection:
     """A framed, message-oriented connection (asyncio). Use ``opensocket.connect``."""
 
-    def __init__(self, proto: FramedProtocol, local: str, remote: str) -> None:
+    def __init__(
+        self, proto: FramedProtocol, local: str, remote: str, *, read_timeout: float | None = None
+    ) -> None:
         self._proto = proto
+        self.read_timeout = read_timeout  # used by recv() calls that give no timeout
         self._core = proto.core
         self.local_address = local
         self.remote_address = remote
@@ -503,11 +506,12 @@ class Connection:
     # ---- receiving -------------------------------------------------------------------------
 
     async def recv(self, timeout: float | None = None) -> Any:
-        """Return the next message; raise ConnectionClosed once the connection has ended."""
+        """Return the next message; raise ConnectionClosed once the connection has ended, and
+        ReadTimeout after ``timeout`` seconds (default: the connection's ``read_timeout``)."""
         proto = self._proto
         inbox = proto.inbox
         while not inbox:
-            await proto.wait_message(timeout)
+            await proto.wait_message(self.read_timeout if timeout is None else timeout)
         item = inbox.popleft()
         proto._queued_bytes -= len(item)
         if proto._read_paused:
@@ -523,7 +527,7 @@ class Connection:
         proto = self._proto
         inbox = proto.inbox
         while not inbox:
-            await proto.wait_message(timeout)
+            await proto.wait_message(self.read_timeout if timeout is None else timeout)
         if max_messages is None or max_messages >= len(inbox):
             items = list(inbox)
             inbox.clear()

@@ -120,7 +120,7 @@ def connect(
 
     def opened(link: FramedLink) -> None:
         # In the reader thread, before any later input: the hooks see open before close.
-        conn = Connection(link, local, str(addr))
+        conn = Connection(link, local, str(addr), read_timeout=opts.read_timeout)
         if hooks is not None:
             safe_call(hooks.on_connect, conn)
 

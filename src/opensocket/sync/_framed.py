@@ -373,8 +373,11 @@ class Connection:
     ``send`` may be called from several threads at once; one thread at a time should receive.
     """
 
-    def __init__(self, link: FramedLink, local: str, remote: str) -> None:
+    def __init__(
+        self, link: FramedLink, local: str, remote: str, *, read_timeout: float | None = None
+    ) -> None:
         self._link = link
+        self.read_timeout = read_timeout  # used by recv() calls that give no timeout
         self._core = link.core
         self.local_address = local
         self.remote_address = remote
@@ -402,7 +405,7 @@ class Connection:
 
     def recv(self, timeout: float | None = None) -> Any:
         """Return the next message; ReadTimeout after ``timeout`` s; ConnectionClosed at the end."""
-        item = self._link.take_one(timeout)
+        item = self._link.take_one(self.read_timeout if timeout is None else timeout)
         if self.codec.decode is None and type(item) is bytes:
             return item
         return self._decode_item(item)
@@ -411,7 +414,7 @@ class Connection:
         self, max_messages: int | None = None, timeout: float | None = None
     ) -> list[Any]:
         """Return every queued message (at least one; at most ``max_messages``)."""
-        items = self._link.take(max_messages, timeout)
+        items = self._link.take(max_messages, self.read_timeout if timeout is None else timeout)
         if self.codec.decode is None and Frame not in set(map(type, items)):
             return items
         return [self._decode_item(item) for item in items]
