@@ -14,8 +14,8 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, cast
 
+from .._connection import ConnectionBase
 from .._log import PeerLogger, peer_logger, safe_call
-from ..codecs import Codec, get_codec
 from ..errors import (
     CloseCode,
     ConnectionClosed,
@@ -445,23 +445,14 @@ class FramedProtocol(asyncio.BufferedProtocol):
         )
 
 
-class Connection:
+class Connection(ConnectionBase):
     """A framed, message-oriented connection (asyncio). Use ``opensocket.connect``."""
 
     def __init__(
         self, proto: FramedProtocol, local: str, remote: str, *, read_timeout: float | None = None
     ) -> None:
+        super().__init__(proto, local, remote, read_timeout=read_timeout)
         self._proto = proto
-        self.read_timeout = read_timeout  # used by recv() calls that give no timeout
-        self._core = proto.core
-        self.local_address = local
-        self.remote_address = remote
-        agreement = proto.core.agreement
-        assert agreement is not None
-        self.codec: Codec = get_codec(agreement.codec)
-        self.peer_name = agreement.peer_name
-        self._encode = self.codec.encode
-        self._decode = self.codec.decode
         proto.connection = self
 
     # ---- sending ---------------------------------------------------------------------------
@@ -563,14 +554,6 @@ class Connection:
             proto.taken(sum(map(len, queued)))
             deliver(queued)
 
-    def _decode_item(self, item: Any) -> Any:
-        payload = item if isinstance(item, bytes) else item.payload
-        try:
-            return self.codec.loads(payload)
-        except OpenSocketError as exc:
-            self._proto.errors += 1
-            raise exc
-
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
@@ -600,21 +583,6 @@ class Connection:
         await asyncio.shield(self._proto.lost)
 
     @property
-    def closed(self) -> bool:
-        """True once the connection has ended."""
-        return self._core.state is State.CLOSED
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code once closed."""
-        return self._core.close_code if self.closed else None
-
-    @property
-    def close_reason(self) -> str:
-        """The close reason once closed."""
-        return self._core.close_reason if self.closed else ""
-
-    @property
     def stats(self) -> ConnectionStats:
         """Counters: bytes and messages in and out, errors, last heartbeat round trip."""
         return self._proto.stats()
@@ -624,11 +592,6 @@ class Connection:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"<Connection {self.local_address} -> {self.remote_address} {self._core.state.value}>"
-        )
 
 
 def client_core(

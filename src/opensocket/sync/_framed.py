@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._connection import ConnectionBase
 from .._log import peer_logger, safe_call
-from ..codecs import Codec, get_codec
 from ..errors import (
     CloseCode,
     ConnectionClosed,
@@ -367,7 +367,7 @@ class FramedLink:
         )
 
 
-class Connection:
+class Connection(ConnectionBase):
     """A framed, message-oriented connection (blocking). Use ``opensocket.sync.connect``.
 
     ``send`` may be called from several threads at once; one thread at a time should receive.
@@ -376,15 +376,8 @@ class Connection:
     def __init__(
         self, link: FramedLink, local: str, remote: str, *, read_timeout: float | None = None
     ) -> None:
+        super().__init__(link, local, remote, read_timeout=read_timeout)
         self._link = link
-        self.read_timeout = read_timeout  # used by recv() calls that give no timeout
-        self._core = link.core
-        self.local_address = local
-        self.remote_address = remote
-        agreement = link.core.agreement
-        assert agreement is not None
-        self.codec: Codec = get_codec(agreement.codec)
-        self.peer_name = agreement.peer_name
         link.connection = self
 
     # ---- sending ---------------------------------------------------------------------------
@@ -419,14 +412,6 @@ class Connection:
             return items
         return [self._decode_item(item) for item in items]
 
-    def _decode_item(self, item: bytes | Frame) -> Any:
-        payload = item if isinstance(item, bytes) else item.payload
-        try:
-            return self.codec.loads(payload)
-        except OpenSocketError:
-            self._link.errors += 1
-            raise
-
     def __iter__(self) -> Iterator[Any]:
         while True:
             try:
@@ -447,21 +432,6 @@ class Connection:
         return self._link.closed.wait(timeout)
 
     @property
-    def closed(self) -> bool:
-        """True once the connection has ended."""
-        return self._core.state is State.CLOSED
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code once closed."""
-        return self._core.close_code if self.closed else None
-
-    @property
-    def close_reason(self) -> str:
-        """The close reason once closed."""
-        return self._core.close_reason if self.closed else ""
-
-    @property
     def stats(self) -> ConnectionStats:
         """Counters: bytes and messages in and out, errors, last heartbeat round trip."""
         return self._link.stats()
@@ -471,8 +441,3 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"<Connection {self.local_address} -> {self.remote_address} {self._core.state.value}>"
-        )
