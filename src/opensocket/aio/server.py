@@ -9,14 +9,14 @@ import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any, cast
 
 from .. import tls as tlsmod
 from .._log import peer_logger, safe_call
+from .._server import ServerBase
 from .._sockets import bind_sockets, set_stream_options
-from ..address import Address, format_sockaddr, from_sockaddr
-from ..admission import Admission, Refusal
+from ..address import Address, format_sockaddr
+from ..admission import Refusal
 from ..errors import (
     CloseCode,
     ConnectionClosed,
@@ -108,7 +108,7 @@ def _detach_socket(transport: asyncio.Transport) -> socket.socket:
     return sock
 
 
-class Server:
+class Server(ServerBase):
     """A running server. ``addresses`` lists the bound addresses (real ports)."""
 
     def __init__(
@@ -123,24 +123,19 @@ class Server:
         hooks: Hooks | None,
         scheme: str,
     ) -> None:
-        self.handler = handler
-        self.raw = raw
-        # The server's own handshake limit protects it whatever the protocol options say.
-        handshake = min(protocol.handshake_timeout, limits.handshake_timeout)
-        self.protocol = replace(protocol, handshake_timeout=handshake)
-        self.options = options
-        self.limits = limits
-        self.hooks = hooks or Hooks()
-        self.addresses: list[Address] = []
-        self._ssl = tlsmod.server_context(tls) if tls is not None or scheme == "tls" else None
-        self._scheme = scheme
-        self._admission = Admission(limits)
+        super().__init__(
+            handler,
+            raw=raw,
+            protocol=protocol,
+            options=options,
+            limits=limits,
+            tls=tls,
+            hooks=hooks,
+            scheme=scheme,
+        )
         self._servers: list[asyncio.base_events.Server] = []
-        self._unix_paths: list[str] = []
         self._live: dict[Any, tuple[str | None, asyncio.Task[Any] | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._stats = ServerStats()
-        self._closing = False
         self._closed = asyncio.get_running_loop().create_future()
 
     async def _start(self, addr: Address) -> None:
@@ -151,12 +146,7 @@ class Server:
                 lambda: _Acceptor(self), sock=sock, backlog=self.options.backlog
             )
             self._servers.append(srv)
-            bound = from_sockaddr(addr.scheme, sock.getsockname())
-            # With TLS on, report tls:// so that the address works as given to connect().
-            scheme = "tls" if self._ssl is not None else addr.scheme
-            self.addresses.append(bound if bound.is_unix else bound.with_scheme(scheme))
-        if addr.is_unix and not addr.is_abstract:
-            self._unix_paths.append(addr.path)
+        self._record_bound(addr, socks)
         log.info("listening on %s", ", ".join(map(str, self.addresses)))
 
     # ---- accepting -------------------------------------------------------------------------
@@ -357,11 +347,6 @@ class Server:
                 snap.add_connection(item.stats())
         return snap
 
-    @property
-    def url(self) -> str:
-        """The first bound address as a URL (handy with port 0)."""
-        return str(self.addresses[0])
-
     async def serve_forever(self) -> None:
         """Run until ``close()`` is called or the task is cancelled."""
         try:
@@ -385,9 +370,7 @@ class Server:
         grace = self.limits.shutdown_grace if timeout is None else timeout
         for srv in self._servers:
             srv.close()
-        for path in self._unix_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        self._remove_unix_files()
         for item in self._live:
             if isinstance(item, FramedProtocol):
                 item.stop_delivering()  # handlers waiting in recv() end; queued work is kept
@@ -430,6 +413,3 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        return f"<Server {', '.join(map(str, self.addresses))}>"

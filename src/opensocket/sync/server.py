@@ -11,9 +11,7 @@ connections waiting for one; connections beyond that are refused with a clear er
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import os
 import queue
 import selectors
 import socket
@@ -25,9 +23,10 @@ from typing import Any
 
 from .. import tls as tlsmod
 from .._log import peer_logger, safe_call
+from .._server import ServerBase
 from .._sockets import bind_sockets, close_quietly, set_stream_options
-from ..address import Address, from_sockaddr
-from ..admission import Admission, Refusal
+from ..address import Address
+from ..admission import Refusal
 from ..errors import CloseCode, ConnectionClosed, OpenSocketError, TLSError, TLSHandshakeError
 from ..hooks import Hooks
 from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
@@ -107,7 +106,7 @@ class _Pool:
                 log.warning("a handler did not return after shutdown: %s left running", thread.name)
 
 
-class Server:
+class Server(ServerBase):
     """A running blocking server. ``addresses`` lists the bound addresses (real ports)."""
 
     def __init__(
@@ -122,22 +121,21 @@ class Server:
         hooks: Hooks | None,
         scheme: str,
     ) -> None:
-        self.handler = handler
-        self.raw = raw
-        self.protocol = dataclasses.replace(
-            protocol, handshake_timeout=min(protocol.handshake_timeout, limits.handshake_timeout)
+        super().__init__(
+            handler,
+            raw=raw,
+            protocol=protocol,
+            options=options,
+            limits=limits,
+            tls=tls,
+            hooks=hooks,
+            scheme=scheme,
         )
-        self.options = options
-        self.limits = limits
-        self.hooks = hooks or Hooks()
-        self.addresses: list[Address] = []
         self.max_pending = (
             PENDING_PER_WORKER * limits.workers
             if limits.max_pending is None
             else limits.max_pending
         )
-        self._ssl = tlsmod.server_context(tls) if tls is not None or scheme == "tls" else None
-        self._admission = Admission(limits)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._live: dict[object, str | None] = {}
@@ -145,25 +143,16 @@ class Server:
         self._threads: set[threading.Thread] = set()
         self._reserved = 0
         self._handlers = 0
-        self._stats = ServerStats()
         self._listeners: list[socket.socket] = []
-        self._unix_paths: list[str] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._pool = _Pool(limits.workers)
         self._accept_thread: threading.Thread | None = None
-        self._closing = False
         self._done = threading.Event()
 
     def _start(self, addr: Address) -> None:
         socks = bind_sockets(addr, self.options)
         self._listeners.extend(socks)
-        for sock in socks:
-            bound = from_sockaddr(addr.scheme, sock.getsockname())
-            # With TLS on, report tls:// so that the address works as given to connect().
-            scheme = "tls" if self._ssl is not None else addr.scheme
-            self.addresses.append(bound if bound.is_unix else bound.with_scheme(scheme))
-        if addr.is_unix and not addr.is_abstract:
-            self._unix_paths.append(addr.path)
+        self._record_bound(addr, socks)
 
     def _launch(self) -> None:
         self._accept_thread = threading.Thread(
@@ -491,11 +480,6 @@ class Server:
                 snap.add_connection(item.stats())
         return snap
 
-    @property
-    def url(self) -> str:
-        """The first bound address as a URL (handy with port 0)."""
-        return str(self.addresses[0])
-
     def serve_forever(self) -> None:
         """Block until ``shutdown()`` is called (from another thread or a signal handler)."""
         try:
@@ -547,9 +531,7 @@ class Server:
         else:
             for sock in self._listeners:
                 close_quietly(sock)
-        for path in self._unix_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        self._remove_unix_files()
 
     def _close_remaining(self) -> None:
         with self._lock:
@@ -573,6 +555,3 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-    def __repr__(self) -> str:
-        return f"<Server {', '.join(map(str, self.addresses))}>"
