@@ -8,8 +8,23 @@ from .codecs import Codec, get_codec
 from .errors import OpenSocketError
 from .protocol.connection import FramedConnection, State
 from .protocol.frame import Frame
+from .stats import ConnectionStats
 
-__all__ = ["ConnectionBase"]
+__all__ = ["ConnectionBase", "snapshot"]
+
+
+def snapshot(core: FramedConnection, errors: int) -> ConnectionStats:
+    """The counters of one connection, as ``conn.stats`` shows them."""
+    return ConnectionStats(
+        bytes_in=core.bytes_in,
+        bytes_out=core.bytes_out,
+        messages_in=core.messages_in,
+        messages_out=core.messages_out,
+        frames_in=core.frames_in,
+        frames_out=core.frames_out,
+        errors=errors,
+        rtt=core.rtt,
+    )
 
 
 class _Runtime(Protocol):

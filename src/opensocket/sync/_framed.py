@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._connection import ConnectionBase
+from .._connection import ConnectionBase, snapshot
 from .._log import peer_logger, safe_call
 from ..errors import (
     CloseCode,
@@ -354,17 +354,7 @@ class FramedLink:
 
     def stats(self) -> ConnectionStats:
         """A snapshot of the counters."""
-        core = self.core
-        return ConnectionStats(
-            bytes_in=core.bytes_in,
-            bytes_out=core.bytes_out,
-            messages_in=core.messages_in,
-            messages_out=core.messages_out,
-            frames_in=core.frames_in,
-            frames_out=core.frames_out,
-            errors=self.errors,
-            rtt=core.rtt,
-        )
+        return snapshot(self.core, self.errors)
 
 
 class Connection(ConnectionBase):
