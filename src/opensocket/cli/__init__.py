@@ -28,7 +28,7 @@ from ..errors import AddressError, ConfigError, OpenSocketError
 
 __all__ = ["UsageError", "build_parser", "main", "parse_args", "report_failure", "run"]
 
-COMMANDS = ("serve", "echo", "connect", "listen", "cert")
+COMMANDS = ("serve", "echo", "connect", "listen", "cert", "http")
 _MODULES = {"connect": "pipe", "listen": "pipe", "echo serve": "echo"}
 # Two-word commands have a parser of their own, not listed among COMMAND's choices;
 # 'echo --help' points to 'echo serve'.

@@ -1,0 +1,88 @@
+"""``opensocket http serve`` in-process (usage errors) and as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from opensocket.cli import main
+from opensocket.http import http_address
+
+from ..tlsutil import make_pki
+
+
+def test_addresses() -> None:
+    assert str(http_address("127.0.0.1:8000")) == "tcp://127.0.0.1:8000"
+    assert str(http_address("http://127.0.0.1:80")) == "tcp://127.0.0.1:80"
+    assert str(http_address("https://127.0.0.1:443")) == "tls://127.0.0.1:443"
+    assert str(http_address("tls://[::1]:443")) == "tls://[::1]:443"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["http", "serve", "/no/such/folder"], "is not a folder"),
+        (["http", "serve", ".", "--listen", "ftp://127.0.0.1:0"], "unknown scheme"),
+        (["http", "serve", ".", "--listen", "https://127.0.0.1:0"], "needs a certificate"),
+        (["http", "serve", ".", "--listen", "127.0.0.1:0", "--tls-cert", "x.pem"], "tls://"),
+    ],
+)
+def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def _serve(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opensocket", "http", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for _ in range(5):
+        line = proc.stdout.readline()
+        if line.startswith("open "):
+            return proc, line.split()[1]
+    proc.kill()
+    raise AssertionError(f"no URL announced: {proc.communicate(timeout=5)}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)  # also closes the pipes
+    return proc.returncode, out
+
+
+def test_serve_subprocess_http_and_https(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<h1>home</h1>")
+    proc, url = _serve([str(tmp_path), "--listen", "http://127.0.0.1:0"])
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        response = httpx.get(url, timeout=5)
+        assert response.text == "<h1>home</h1>"
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
+    finally:
+        code, out = _stop(proc)
+    assert code == 0
+    assert '"GET / HTTP/1.1" 200 13' in out  # the access log
+    pki = make_pki(tmp_path)
+    tls = ["--tls-cert", pki.server_cert, "--tls-key", pki.server_key]
+    proc, url = _serve([str(tmp_path), "--listen", "https://127.0.0.1:0", *tls])
+    try:
+        done = subprocess.run(
+            ["curl", "-sS", "-i", "--cacert", pki.ca_cert, url],
+            capture_output=True,
+            timeout=10,
+            check=True,
+        )
+        assert b"Strict-Transport-Security" in done.stdout
+        assert done.stdout.endswith(b"<h1>home</h1>")
+    finally:
+        assert _stop(proc)[0] == 0

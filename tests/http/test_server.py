@@ -1,0 +1,293 @@
+"""The web server over loopback with curl, httpx and raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import ssl
+from pathlib import Path
+
+import httpx
+import pytest
+
+from opensocket.http import HttpServer, serve_http
+from opensocket.options import ServerLimits
+
+from ..tlsutil import make_pki
+from .conftest import BIG_SIZE, LIMITS, raw_exchange, run, status_of
+
+
+def port_of(server: HttpServer) -> int:
+    return server.addresses[0].port
+
+
+async def test_curl_get_head_and_keepalive(server: HttpServer) -> None:
+    url = server.url + "hello.txt"
+    code, out, _ = await run("curl", "-sS", "--http1.1", url, url)
+    assert code == 0
+    assert out == b"hello, world\n" * 2
+    code, out, _ = await run("curl", "-sS", "--http1.1", "-I", url)
+    assert code == 0
+    assert b"HTTP/1.1 200 OK" in out
+    assert b"Content-Length: 13" in out
+    assert b"Strict-Transport-Security" not in out
+
+
+async def test_curl_ranges_and_conditional(server: HttpServer, site: Path) -> None:
+    url = server.url + "hello.txt"
+    code, out, _ = await run("curl", "-sS", "--http1.1", "-r", "0-4", url)
+    assert (code, out) == (0, b"hello")
+    code, out, _ = await run("curl", "-sS", "-i", "--http1.1", "-r", "0-1,7-8", url)
+    assert b"206 Partial Content" in out
+    assert b"multipart/byteranges" in out
+    assert b"Content-Range: bytes 7-8/13\r\n\r\nwo\r\n" in out
+    code, out, _ = await run("curl", "-sS", "-i", "-r", "100-200", url)
+    assert b"416" in out.split(b"\r\n")[0]
+    assert b"Content-Range: bytes */13" in out
+    async with httpx.AsyncClient() as client:
+        etag = (await client.get(url)).headers["etag"]
+    code, out, _ = await run(
+        "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"If-None-Match: {etag}", url
+    )
+    assert out == b"304"
+
+
+async def test_big_file_is_streamed_whole(server: HttpServer, site: Path) -> None:
+    code, out, _ = await run("curl", "-sS", "--http1.1", server.url + "big.bin")
+    assert code == 0
+    assert len(out) == BIG_SIZE
+    assert hashlib.sha256(out).digest() == hashlib.sha256((site / "big.bin").read_bytes()).digest()
+
+
+async def test_httpx_listing_and_jail(server: HttpServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        listing = await client.get("/docs/")
+        assert listing.status_code == 200
+        assert 'href="a%26b.txt"' in listing.text
+        assert "a&amp;b.txt" in listing.text
+        assert (await client.get("/docs")).status_code == 301
+        assert (await client.get("/link-out")).status_code == 404
+        assert (await client.get("/.env")).status_code == 404
+        assert (await client.post("/hello.txt", content=b"x")).status_code == 405
+    for target, status in (
+        (b"/../outside.txt", 403),
+        (b"/%2e%2e/outside.txt", 403),
+        (b"/docs%2f..%2f..%2foutside.txt", 403),
+        (b"/hello.txt%00", 400),
+    ):
+        response = await raw_exchange(
+            port_of(server), b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(response) == status, target
+        assert b"OUTSIDE" not in response
+
+
+MALFORMED = [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 150 + b"\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n", 413),
+    (b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n", 405),
+]
+
+
+async def test_malformed_requests_while_a_client_is_served(server: HttpServer) -> None:
+    served = 0
+
+    async def good_client() -> None:
+        nonlocal served
+        async with httpx.AsyncClient() as client:
+            for _ in range(20):
+                response = await client.get(server.url + "hello.txt")
+                assert response.content == b"hello, world\n"
+                served += 1
+
+    async def bad(data: bytes, status: int) -> None:
+        response = await raw_exchange(port_of(server), data)
+        assert status_of(response) == status, data[:60]
+        assert b"Traceback" not in response
+
+    await asyncio.gather(good_client(), *(bad(d, s) for d, s in MALFORMED))
+    assert served == 20
+
+
+async def test_keepalive_pipelined_then_idle_close(server: HttpServer) -> None:
+    request = b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    received = bytearray()
+
+    async def until(count: int) -> None:
+        while received.count(b"hello, world\n") < count:
+            chunk = await reader.read(65536)
+            assert chunk, "the server closed a keep-alive connection too early"
+            received.extend(chunk)
+
+    try:
+        async with asyncio.timeout(5):
+            writer.write(request * 3)
+            await until(3)
+            writer.write(request)  # the same connection still serves
+            await until(4)
+            rest = await reader.read(-1)  # then the idle timeout closes it, silently
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert received.count(b"HTTP/1.1 200 OK") == 4
+    assert rest == b""
+    assert not server._sessions
+
+
+async def test_slowloris_is_cut_off(server: HttpServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    writer.write(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n")
+    received = bytearray()
+
+    async def trickle() -> None:
+        for _ in range(100):  # 10 s at most; the server gives up after head_timeout
+            await asyncio.sleep(0.05)
+            writer.write(b"X-Slow: 1\r\n")
+            await writer.drain()
+
+    dripping = asyncio.create_task(trickle())
+    try:
+        async with asyncio.timeout(5):
+            while chunk := await reader.read(4096):
+                received += chunk
+    finally:
+        dripping.cancel()
+        await asyncio.gather(dripping, return_exceptions=True)
+        writer.close()
+        await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+    assert status_of(bytes(received)) == 408
+    for _ in range(100):
+        if not server._sessions:
+            break
+        await asyncio.sleep(0.01)
+    assert not server._sessions
+
+
+async def test_access_log(server: HttpServer, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="opensocket.http.access"):
+        async with httpx.AsyncClient() as client:
+            await client.get(server.url + "hello.txt")
+            await client.get(server.url + "nothing")
+    lines = [r.getMessage() for r in caplog.records if r.name == "opensocket.http.access"]
+    assert len(lines) == 2
+    assert lines[0].startswith("127.0.0.1 - - [")
+    assert lines[0].endswith('"GET /hello.txt HTTP/1.1" 200 13')
+    assert '"GET /nothing HTTP/1.1" 404' in lines[1]
+
+
+async def test_graceful_close_finishes_response(server: HttpServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    writer.write(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"200 OK" in head
+    closing = asyncio.create_task(server.close(5.0))
+    size = 0
+    async with asyncio.timeout(10):
+        while chunk := await reader.read(256 * 1024):
+            size += len(chunk)
+        writer.close()
+        await writer.wait_closed()
+        await closing
+    assert size == BIG_SIZE
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port_of(server))
+
+
+async def test_https_with_curl_and_hsts(site: Path, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    server = await serve_http("https://127.0.0.1:0", site, tls=pki.server_tls(), limits=LIMITS)
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        url = server.url + "hello.txt"
+        code, out, err = await run("curl", "-sS", "-i", "--http1.1", "--cacert", pki.ca_cert, url)
+        assert code == 0, err
+        assert b"Strict-Transport-Security: max-age=31536000" in out
+        assert out.endswith(b"hello, world\n")
+        code, out, _ = await run("curl", "-sS", "--cacert", pki.ca_cert, server.url + "big.bin")
+        assert len(out) == BIG_SIZE
+        code, _, _ = await run("curl", "-sS", url)  # not trusted without the CA
+        assert code != 0
+        context = ssl.create_default_context(cafile=pki.ca_cert)
+        async with httpx.AsyncClient(verify=context) as client:
+            response = await client.get(url, headers={"Range": "bytes=7-11"})
+        assert response.status_code == 206
+        assert response.content == b"world"
+    finally:
+        await server.close(1.0)
+
+
+async def test_redirect_to_https_and_hsts_only_on_tls(site: Path, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    server = await serve_http(
+        ["http://127.0.0.1:0", "https://127.0.0.1:0"],
+        site,
+        tls=pki.server_tls(),
+        limits=LIMITS,
+        redirect_https=True,
+    )
+    try:
+        plain, secure = server.urls
+        code, out, _ = await run("curl", "-sS", "-i", plain + "hello.txt?x=1")
+        assert b"308 Permanent Redirect" in out
+        assert f"Location: {secure}hello.txt?x=1".encode() in out
+        assert b"Strict-Transport-Security" not in out
+        code, out, err = await run(
+            "curl", "-sS", "-L", "--cacert", pki.ca_cert, plain + "hello.txt"
+        )
+        assert (code, out) == (0, b"hello, world\n"), err
+    finally:
+        await server.close(1.0)
+
+
+async def test_changed_small_file_is_not_served_stale(server: HttpServer, site: Path) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        first = await client.get("/hello.txt")
+        (site / "hello.txt").write_bytes(b"changed, and longer\n")
+        second = await client.get("/hello.txt")
+    assert first.content == b"hello, world\n"
+    assert second.content == b"changed, and longer\n"
+    assert first.headers["etag"] != second.headers["etag"]
+
+
+async def test_connection_cap_gets_503(site: Path) -> None:
+    server = await serve_http(
+        "127.0.0.1:0", site, limits=LIMITS, server_limits=ServerLimits(max_connections=1)
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+        try:
+            writer.write(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" in await reader.readuntil(b"\r\n\r\n")  # the first one is in
+            refused = await raw_exchange(port_of(server), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status_of(refused) == 503
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        await server.close(1.0)
+
+
+async def test_internal_error_is_a_500_not_a_traceback(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("planner bug")
+
+    monkeypatch.setattr(server.files, "plan", broken)  # no real input reaches this path
+    with caplog.at_level(logging.ERROR, logger="opensocket.http"):
+        response = await raw_exchange(
+            port_of(server), b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+    assert status_of(response) == 500
+    assert b"planner bug" not in response
+    assert b"Traceback" not in response
+    assert any("planner bug" in (r.exc_text or "") for r in caplog.records)
