@@ -30,6 +30,11 @@ The tree::
     │       ├── HandshakeTimeout (TimeoutError)
     │       ├── AuthenticationFailed
     │       └── NegotiationFailed              no common version or codec
+    ├── HttpError                              an HTTP exchange failed (not an error status)
+    │   ├── MalformedResponse
+    │   ├── TooManyRedirects
+    │   ├── RedirectRefused                    https -> http, or not an http(s) location
+    │   └── BodyTooLarge
     ├── ConnectionClosed (ConnectionError)     the connection is closed (has .code, .reason)
     │   ├── ConnectionClosedOK                 closed normally
     │   └── ConnectionClosedError              closed by an error, a timeout or a lost link
@@ -49,6 +54,7 @@ __all__ = [
     "AddressInUse",
     "AuthenticationFailed",
     "BadMagic",
+    "BodyTooLarge",
     "CertificateError",
     "CertificateExpired",
     "ChecksumMismatch",
@@ -67,6 +73,8 @@ __all__ = [
     "HandshakeTimeout",
     "HostUnreachable",
     "HostnameMismatch",
+    "HttpError",
+    "MalformedResponse",
     "NameResolutionError",
     "NegotiationFailed",
     "NotTLS",
@@ -74,8 +82,10 @@ __all__ = [
     "OperationTimeout",
     "ProtocolError",
     "ReadTimeout",
+    "RedirectRefused",
     "TLSError",
     "TLSHandshakeError",
+    "TooManyRedirects",
     "UnexpectedFrame",
     "UnknownCA",
     "UnsupportedVersion",
@@ -259,6 +269,26 @@ class NegotiationFailed(HandshakeError):
     """The two sides share no protocol version or payload codec."""
 
     code = CloseCode.NEGOTIATION_FAILED
+
+
+class HttpError(OpenSocketError):
+    """An HTTP exchange failed (a response with an error status is not an exception)."""
+
+
+class MalformedResponse(HttpError):
+    """The server sent something that is not valid HTTP/1.1, or closed mid-response."""
+
+
+class TooManyRedirects(HttpError):
+    """The server redirected more often than ``max_redirects`` allows."""
+
+
+class RedirectRefused(HttpError):
+    """A redirect that is not followed: https -> http, or a scheme other than http(s)."""
+
+
+class BodyTooLarge(HttpError):
+    """The response body is larger than ``max_body``."""
 
 
 class ConnectionClosed(OpenSocketError, ConnectionError):

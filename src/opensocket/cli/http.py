@@ -1,25 +1,31 @@
-"""``opensocket http serve [DIR]``: serve a folder over HTTP or HTTPS."""
+"""``opensocket http serve [DIR]`` serves a folder over HTTP(S); ``http get URL`` fetches one."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
-from typing import Final
+from typing import IO, Any, Final
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OpenSocketError
 from ..http import HttpLimits, serve_http
 from ..http.access import LOG_FORMATS
+from ..http.client import HttpError, MalformedResponse, ResponseStream, open_response
 from ..http.server import access_log, http_address
+from ..options import TLSOptions
 from ._common import (
     add_limit_args,
     add_tls_args,
+    check_positive,
     check_tls_flags,
     limits_from,
+    print_json,
     stop_on_signals,
     tls_from,
 )
@@ -27,7 +33,10 @@ from ._common import (
 __all__ = ["DEFAULT_LISTEN", "HELP", "NAME", "configure", "execute"]
 
 NAME: Final = "http"
-HELP: Final = "HTTP/1.1 tools: 'http serve [DIR]' serves a folder over HTTP or HTTPS"
+HELP: Final = (
+    "HTTP/1.1 tools: 'http serve [DIR]' serves a folder over HTTP or HTTPS, "
+    "'http get URL' fetches a URL"
+)
 DEFAULT_LISTEN: Final = "127.0.0.1:8000"
 
 _EPILOG: Final = f"""\
@@ -47,11 +56,53 @@ examples:
       --tls-cert certs/server.pem --tls-key certs/server-key.pem --redirect-https
 """
 
+GET_EPILOG: Final = """\
+The body goes to stdout, or with -o FILE into FILE.part, renamed to FILE once complete (an
+interrupted download leaves FILE.part: -C resumes it with a Range request). Redirects are
+followed (--max-redirects, never from https:// to http://); https:// certificates are verified
+(--tls-ca to trust a private CA). Exit code 0 for a 2xx or 304 status, 1 for any other status
+or a failure, 2 for a usage error.
+
+examples:
+  opensocket http get http://127.0.0.1:8000/                 # the body on stdout
+  opensocket http get -i https://example.org/ --tls-ca ca.pem  # status line and headers too
+  opensocket http get -o big.iso -C http://127.0.0.1:8000/big.iso  # download, resuming
+  opensocket http get --json -o out.bin http://127.0.0.1:8000/f  # a summary on stdout
+"""
+_GOOD: Final = frozenset({304})
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``http``: the ``serve`` action and its options."""
-    parser.epilog = _EPILOG
-    parser.add_argument("action", choices=("serve",), help="what to do (serve: run a web server)")
+    """Arguments of ``http``: the ``serve`` and ``get`` actions and their options."""
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    serve = actions.add_parser(
+        "serve",
+        help="run a web server on a folder",
+        description="Serve a folder over HTTP or HTTPS.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _verbosity(serve)
+    _configure_serve(serve)
+    get = actions.add_parser(
+        "get",
+        help="fetch a URL (http:// or https://)",
+        description="Fetch a URL over HTTP/1.1 or HTTPS: the body on stdout, or -o FILE.",
+        epilog=GET_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _verbosity(get)
+    configure_get(get)
+
+
+def _verbosity(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a -v before the action (``http -v get``) is not reset by the action's default.
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
+    )
+
+
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", nargs="?", default=".", metavar="DIR", help="folder to serve")
     parser.add_argument(
         "--listen",
@@ -133,9 +184,274 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def execute(args: argparse.Namespace) -> int:
-    """Run the web server until SIGINT/SIGTERM."""
+    """Run the web server until SIGINT/SIGTERM, or fetch a URL."""
+    if args.action == "get":
+        return execute_get(args)
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:  # pragma: no cover - signals are handled by stop_on_signals
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# ---- http get --------------------------------------------------------------------------------
+
+
+def configure_get(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``http get``."""
+    parser.add_argument("url", metavar="URL", help="http:// or https:// URL to fetch")
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help="write the body to FILE (via FILE.part)"
+    )
+    parser.add_argument(
+        "-C",
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="with -o: resume an interrupted download from FILE.part (a Range request)",
+    )
+    parser.add_argument(
+        "-i", "--include", action="store_true", help="print the status line and headers"
+    )
+    parser.add_argument(
+        "-I", "--head", action="store_true", help="send HEAD: the status line and headers only"
+    )
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="send this request header; repeatable",
+    )
+    parser.add_argument(
+        "--max-redirects",
+        type=int,
+        default=5,
+        metavar="N",
+        help="redirects to follow (default: 5; 0: print the redirect response itself)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="limit for connecting, for the response head and for each wait for data (default: 30)",
+    )
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="with -o: show the progress bar even when stderr is not a terminal",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary on stdout (the body goes to -o FILE, or nowhere)",
+    )
+    add_tls_args(parser, server=False)
+
+
+def _request_headers(args: argparse.Namespace) -> list[tuple[str, str]]:
+    headers = []
+    for line in args.header:
+        name, sep, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or any(c in name for c in " \t\r\n") or "\n" in value:
+            raise ConfigError(f"-H {line!r}: a header is 'Name: value', on one line")
+        headers.append((name, value))
+    return headers
+
+
+def _check_get(args: argparse.Namespace) -> None:
+    check_positive(args.timeout, "--timeout")
+    if args.max_redirects < 0:
+        raise ConfigError("--max-redirects must be 0 (do not follow) or more")
+    if args.resume and not args.output:
+        raise ConfigError("-C/--continue resumes a download: give the file with -o FILE")
+    if args.json and (args.include or args.head):
+        raise ConfigError("--json already holds the status and headers: drop -i/-I")
+    if args.output:
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"-o {args.output}: the folder {folder} does not exist")
+        if os.path.isdir(args.output):
+            raise ConfigError(f"-o {args.output} is a folder: give a file name")
+
+
+def _head_bytes(response: ResponseStream) -> bytes:
+    lines = [f"HTTP/{response.http_version} {response.status} {response.reason}"]
+    lines += [f"{name}: {value}" for name, value in response.headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _resume_offset(response: ResponseStream, offset: int) -> int:
+    """Where the body starts in the file: ``offset`` on a matching 206, 0 on a full answer."""
+    if response.status != 206:
+        return 0
+    value = response.header("content-range") or ""
+    unit, _, rest = value.partition(" ")
+    start = rest.partition("-")[0]
+    if unit != "bytes" or not start.isdigit() or int(start) != offset:
+        raise MalformedResponse(
+            f"{response.url} answered 206 with Content-Range {value!r}, not the bytes from "
+            f"{offset} that were asked for"
+        )
+    return offset
+
+
+def _already_complete(response: ResponseStream, offset: int) -> bool:
+    """A 416 to ``bytes=offset-`` with ``Content-Range: bytes */offset``: nothing is missing."""
+    return response.status == 416 and response.header("content-range") == f"bytes */{offset}"
+
+
+class _Progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int | None, done: int, name: str) -> None:
+        self.bar: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+        )
+        self.task = self.bar.add_task(name, total=total, completed=done)
+        self.bar.start()
+
+    def advance(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=count)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+async def _download(args: argparse.Namespace, response: ResponseStream, offset: int) -> int:
+    """Write the body to FILE.part (appending after ``offset``), then rename it to FILE."""
+    part = args.output + ".part"
+    start = _resume_offset(response, offset)
+    length = response.content_length
+    show = args.progress or sys.stderr.isatty()
+    bar = _Progress(show, None if length is None else start + length, start, args.output)
+    try:
+        with open(part, "r+b" if start else "wb") as handle:
+            handle.seek(start)
+            handle.truncate()
+            await _copy(response, handle, bar)
+    except OSError as exc:
+        raise HttpError(
+            f"cannot write {part}: {exc.strerror or exc} (what was written is kept: fix the "
+            "cause and run again with -C to resume)"
+        ) from exc
+    except OpenSocketError:
+        print(
+            f"the partial download is kept in {part}: run again with -C to resume", file=sys.stderr
+        )
+        raise
+    finally:
+        bar.stop()
+    os.replace(part, args.output)
+    return start
+
+
+async def _copy(response: ResponseStream, out: IO[bytes], bar: _Progress) -> None:
+    async for chunk in response.chunks():
+        out.write(chunk)
+        bar.advance(len(chunk))
+
+
+async def _get(args: argparse.Namespace) -> int:
+    _check_get(args)
+    headers = _request_headers(args)
+    method = "HEAD" if args.head else "GET"
+    part = args.output + ".part" if args.output else None
+    offset = os.path.getsize(part) if part and args.resume and os.path.isfile(part) else 0
+    if offset and method == "GET":
+        headers.append(("Range", f"bytes={offset}-"))
+    began = time.monotonic()
+    resumed_from = 0
+    stdout = sys.stdout.buffer
+    async with open_response(
+        args.url,
+        method=method,
+        headers=headers,
+        tls=_client_tls(args),
+        max_redirects=args.max_redirects,
+        timeout=args.timeout,
+    ) as response:
+        good = 200 <= response.status < 300 or response.status in _GOOD
+        if args.include or args.head:
+            sys.stdout.flush()
+            stdout.write(_head_bytes(response))
+        if args.output and method == "GET" and _already_complete(response, offset):
+            os.replace(part or "", args.output)
+            good, resumed_from = True, offset
+        elif args.output and method == "GET" and good and response.status != 304:
+            resumed_from = await _download(args, response, offset)
+        elif args.output or args.json:
+            async for _ in response.chunks():
+                pass  # read and counted, not kept: an error page is not the file asked for
+        else:
+            async for chunk in response.chunks():
+                stdout.write(chunk)
+        stdout.flush()
+    if args.json:
+        print_json(_summary(args, response, resumed_from, time.monotonic() - began))
+    if not good:
+        print(
+            f"opensocket {NAME}: error: {response.url} answered {response.status} "
+            f"{response.reason}".rstrip(),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _client_tls(args: argparse.Namespace) -> TLSOptions | None:
+    tls = tls_from(args, server=False)
+    return None if tls is None else dataclasses.replace(tls, handshake_timeout=args.timeout)
+
+
+def _summary(
+    args: argparse.Namespace, response: ResponseStream, resumed_from: int, seconds: float
+) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    for name, value in response.headers:
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return {
+        "url": args.url,
+        "final_url": response.url,
+        "redirects": list(response.redirects),
+        "status": response.status,
+        "reason": response.reason,
+        "http_version": response.http_version,
+        "headers": headers,
+        "bytes": response.bytes_read,
+        "resumed_from": resumed_from,
+        "seconds": round(seconds, 6),
+        "file": os.path.abspath(args.output) if args.output else None,
+    }
+
+
+def execute_get(args: argparse.Namespace) -> int:
+    """Fetch a URL; exit 0 for 2xx and 304, 1 otherwise."""
+    try:
+        return asyncio.run(_get(args))
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,17 +1,42 @@
-"""HTTP/1.1 static file serving on h11: the sans-IO planner (``files``) and the asyncio server."""
+"""HTTP/1.1 on h11: static file serving (the sans-IO planner ``files`` and the asyncio server)
+and a client (``fetch``, ``open_response``)."""
 
 from __future__ import annotations
 
+from .client import (
+    BodyTooLarge,
+    HttpError,
+    MalformedResponse,
+    RedirectRefused,
+    Response,
+    ResponseStream,
+    TooManyRedirects,
+    Url,
+    fetch,
+    open_response,
+    parse_url,
+)
 from .files import FileRange, Plan, StaticFiles, parse_ranges
 from .server import HttpLimits, HttpServer, http_address, serve_http
 
 __all__ = [
+    "BodyTooLarge",
     "FileRange",
+    "HttpError",
     "HttpLimits",
     "HttpServer",
+    "MalformedResponse",
     "Plan",
+    "RedirectRefused",
+    "Response",
+    "ResponseStream",
     "StaticFiles",
+    "TooManyRedirects",
+    "Url",
+    "fetch",
     "http_address",
+    "open_response",
     "parse_ranges",
+    "parse_url",
     "serve_http",
 ]
