@@ -291,3 +291,29 @@ async def test_internal_error_is_a_500_not_a_traceback(
     assert b"planner bug" not in response
     assert b"Traceback" not in response
     assert any("planner bug" in (r.exc_text or "") for r in caplog.records)
+
+
+async def test_sendfile_bodies_match_the_file(site: Path) -> None:
+    import dataclasses
+
+    from .conftest import LIMITS
+
+    limits = dataclasses.replace(LIMITS, sendfile=True)
+    srv = await serve_http("127.0.0.1:0", site, limits=limits)
+    try:
+        data = (site / "big.bin").read_bytes()
+        code, out, _ = await run("curl", "-sS", "--http1.1", srv.url + "big.bin")
+        assert code == 0
+        assert hashlib.sha256(out).digest() == hashlib.sha256(data).digest()
+        async with httpx.AsyncClient() as client:
+            one = await client.get(srv.url + "big.bin", headers={"Range": "bytes=1000-1999"})
+            assert one.status_code == 206
+            assert one.content == data[1000:2000]
+            many = await client.get(srv.url + "big.bin", headers={"Range": "bytes=0-9,-10"})
+            assert many.status_code == 206
+            assert data[:10] in many.content
+            assert data[-10:] in many.content
+            again = await client.get(srv.url + "hello.txt")  # the same keep-alive connection
+            assert again.content == b"hello, world\n"
+    finally:
+        await srv.close(1.0)

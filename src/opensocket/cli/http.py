@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any, Final
 
+from ..aio import run
 from ..errors import ConfigError, OpenSocketError
 from ..http import HttpLimits, serve_http
 from ..http.access import LOG_FORMATS
@@ -22,6 +23,7 @@ from ..options import TLSOptions
 from ._common import (
     add_limit_args,
     add_tls_args,
+    add_uvloop_arg,
     check_positive,
     check_tls_flags,
     limits_from,
@@ -104,6 +106,7 @@ def _verbosity(parser: argparse.ArgumentParser) -> None:
 
 def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", nargs="?", default=".", metavar="DIR", help="folder to serve")
+    add_uvloop_arg(parser)
     parser.add_argument(
         "--listen",
         action="append",
@@ -188,7 +191,7 @@ def execute(args: argparse.Namespace) -> int:
     if args.action == "get":
         return execute_get(args)
     try:
-        return asyncio.run(_run(args))
+        return run(_run(args), use_uvloop=not args.no_uvloop)
     except KeyboardInterrupt:  # pragma: no cover - signals are handled by stop_on_signals
         print("interrupted", file=sys.stderr)
         return 130

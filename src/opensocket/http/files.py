@@ -17,6 +17,7 @@ Repeated slashes collapse, so ``//etc/passwd`` names ``ROOT/etc/passwd``, never 
 from __future__ import annotations
 
 import email.utils
+import functools
 import html
 import mimetypes
 import os
@@ -155,6 +156,7 @@ def parse_ranges(value: str, size: int) -> list[tuple[int, int]] | None:
     return ranges
 
 
+@functools.lru_cache(maxsize=1024)
 def _http_date(stamp: float) -> str:
     return email.utils.formatdate(stamp, usegmt=True)
 
@@ -177,6 +179,7 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
 
 
+@functools.lru_cache(maxsize=1024)
 def _content_type(path: str) -> str:
     kind, encoding = mimetypes.guess_type(path, strict=False)
     if encoding is not None or kind is None:
@@ -237,7 +240,7 @@ class StaticFiles:
             if "%2f" in low or "%5c" in low:
                 return error_plan(403, "encoded slashes are not allowed in paths")
             try:
-                name = urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+                name = urllib.parse.unquote_to_bytes(raw).decode("utf-8") if "%" in raw else raw
             except UnicodeDecodeError:
                 return error_plan(400, "the path is not valid UTF-8")
             if "\0" in name:
@@ -252,17 +255,31 @@ class StaticFiles:
     def _inside(self, real: str) -> bool:
         return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
 
+    def _real(self, segments: list[str]) -> tuple[str, os.stat_result]:
+        """The real path under the root and its stat, following symlinks.
+
+        The root is already real, so without a symlink below it the joined path is the real
+        one: one lstat per segment instead of realpath's walk from ``/`` and a second stat.
+        """
+        path, st = self.root, None
+        for name in segments:
+            path = os.path.join(path, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(os.path.join(self.root, *segments))
+                return real, os.stat(real)
+        return path, os.stat(path) if st is None else st
+
     def _resolve(self, target: str) -> tuple[str, os.stat_result, str] | Plan:
         segments = self._segments(target)
         if isinstance(segments, Plan):
             return segments
-        real = os.path.realpath(os.path.join(self.root, *segments))
-        if not self._inside(real):
-            return error_plan(404, "no such file")  # a symlink out of the jail: say nothing
         try:
-            st = os.stat(real)
+            real, st = self._real(segments)
         except (OSError, ValueError):
             return error_plan(404, "no such file")
+        if not self._inside(real):
+            return error_plan(404, "no such file")  # a symlink out of the jail: say nothing
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             return error_plan(404, "no such file")
         return real, st, "/" + "/".join(segments)

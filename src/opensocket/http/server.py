@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import h11
 
@@ -54,6 +54,8 @@ class HttpLimits:
 
     ``head_timeout``: a request head must arrive whole this long after its first byte (408
     otherwise). ``keepalive_timeout``: an idle connection is closed after this long.
+    ``sendfile``: send file bodies on plain connections with ``loop.sendfile`` instead of
+    ``chunk_size`` writes (off: bench/http.py measured the writes faster here).
     """
 
     max_head_size: int = 16 * 1024
@@ -66,6 +68,7 @@ class HttpLimits:
     chunk_size: int = 1024 * 1024
     cache_file_size: int = 64 * 1024
     cache_entries: int = 256
+    sendfile: bool = False
 
 
 def http_address(url: str | Address) -> Address:
@@ -88,6 +91,18 @@ def _web_url(addr: Address) -> str:
     if addr.is_unix:
         return str(addr)
     return f"{'https' if addr.is_tls else 'http'}://{addr.hostport}/"
+
+
+class _Sent:
+    """Bytes that sendfile already put on the wire: h11 needs only their count."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class _Timeout(Exception):
@@ -117,19 +132,23 @@ class _Session:
     # ---- reading -----------------------------------------------------------------------------
 
     async def _next_event(self, deadline: float) -> Any:
+        event = self.conn.next_event()
+        if event is not h11.NEED_DATA:  # already buffered: no timer needed (the common GET)
+            return event
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline) as scope:
                 while True:
-                    event = self.conn.next_event()
-                    if event is not h11.NEED_DATA:
-                        return event
                     data = await self.reader.read(65536)
+                    self.conn.receive_data(data)
+                    event = self.conn.next_event()
                     if data and not self.got_bytes:
                         self.got_bytes = True
                         self.idle = False
-                        scope.reschedule(min(deadline, loop.time() + self.limits.head_timeout))
-                    self.conn.receive_data(data)
+                        if event is h11.NEED_DATA:
+                            scope.reschedule(min(deadline, loop.time() + self.limits.head_timeout))
+                    if event is not h11.NEED_DATA:
+                        return event
         except TimeoutError:
             raise _Timeout from None
 
@@ -241,15 +260,18 @@ class _Session:
             self.writer.write(data)
         elif data:
             self.writer.writelines(data)
-        async with asyncio.timeout(self.limits.write_timeout):
-            await self.writer.drain()
+        transport = self.writer.transport
+        # the kernel took everything (small responses): no drain, no timer to arm and cancel
+        if transport.get_write_buffer_size() or transport.is_closing():
+            async with asyncio.timeout(self.limits.write_timeout):
+                await self.writer.drain()
 
-    def _headers(self, plan: Plan, close: bool) -> list[tuple[str, str]]:
-        headers = [("Date", _http_now()), ("Server", "opensocket"), *plan.headers]
+    def _headers(self, plan: Plan, close: bool) -> tuple[tuple[str, str], ...]:
+        headers = (("Date", _http_now()), ("Server", "opensocket"), *plan.headers)
         if self.secure:
-            headers.append(("Strict-Transport-Security", HSTS))
+            headers += (("Strict-Transport-Security", HSTS),)
         if close:
-            headers.append(("Connection", "close"))
+            headers += (("Connection", "close"),)
         return headers
 
     async def _respond(self, plan: Plan, request: h11.Request | None) -> None:
@@ -265,36 +287,39 @@ class _Session:
                 source = self.server.open_body(plan)
             except OSError:
                 plan = error_plan(404, "no such file")
-        response = h11.Response(
-            status_code=plan.status,
-            headers=self._headers(plan, close),
-            reason=plan.reason.encode(),
-        )
+        response = self.server.response(plan, self._headers(plan, close))
         sent = 0
         try:
-            await self._write(self.conn.send(response))
+            out = [self.conn.send(response)]  # head, small body and end go out in one write
             if not head_only:
-                sent = await self._send_body(plan, source)
-            await self._write(self.conn.send(h11.EndOfMessage()))
+                sent = await self._send_body(plan, source, out)
+            out.append(self.conn.send(h11.EndOfMessage()))
+            await self._write(out)
         finally:
             if source is not None and not isinstance(source, bytes):
                 source.close()
             self._log(request, plan.status, sent)
 
-    async def _send_body(self, plan: Plan, source: Any) -> int:
+    async def _send_body(self, plan: Plan, source: Any, out: list[bytes]) -> int:
+        """Queue bytes parts on ``out``; stream file ranges (flushing ``out`` first)."""
         sent = 0
         for part in plan.parts:
             if isinstance(part, bytes):
-                await self._write(self.conn.send_with_data_passthrough(h11.Data(data=part)))
+                out += self.conn.send_with_data_passthrough(h11.Data(data=part)) or ()
             elif isinstance(source, bytes):
                 piece = source[part.offset : part.offset + part.length]
-                await self._write(self.conn.send_with_data_passthrough(h11.Data(data=piece)))
+                out += self.conn.send_with_data_passthrough(h11.Data(data=piece)) or ()
             else:
+                await self._write(out)
+                out.clear()
                 await self._send_range(source, part)
             sent += len(part) if isinstance(part, bytes) else part.length
         return sent
 
     async def _send_range(self, handle: Any, part: FileRange) -> None:
+        if self.limits.sendfile and not self.secure:
+            await self._sendfile(handle, part)
+            return
         handle.seek(part.offset)
         left = part.length
         while left > 0:
@@ -303,6 +328,15 @@ class _Session:
                 raise ConnectionResetError("the file changed while it was being sent")
             left -= len(chunk)
             await self._write(self.conn.send_with_data_passthrough(h11.Data(data=chunk)))
+
+    async def _sendfile(self, handle: Any, part: FileRange) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.limits.write_timeout + part.length / 1e6):
+            sent = await loop.sendfile(self.writer.transport, handle, part.offset, part.length)
+        if sent != part.length:
+            raise ConnectionResetError("the file changed while it was being sent")
+        # h11 counts Content-Length: tell it the bytes went out without sending them again
+        self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _Sent(part.length))))
 
     def _log(self, request: h11.Request | None, status: int, size: int) -> None:
         if not access_log.isEnabledFor(logging.INFO):
@@ -340,8 +374,15 @@ def _head_size(request: h11.Request) -> int:
     return len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
 
 
+_date_cache: list[Any] = [0, ""]
+
+
 def _http_now() -> str:
-    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+    """The Date header value, formatted once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))]
+    return str(_date_cache[1])
 
 
 class HttpServer:
@@ -376,6 +417,7 @@ class HttpServer:
         self._servers: list[asyncio.Server] = []
         self._sessions: dict[asyncio.Task[Any], _Session] = {}
         self._cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._responses: dict[tuple[int, tuple[tuple[str, str], ...]], h11.Response] = {}
         self._closed = asyncio.get_running_loop().create_future()
 
     async def _start(self, addr: Address) -> None:
@@ -411,6 +453,20 @@ class HttpServer:
     def url(self) -> str:
         """The first bound address as a URL."""
         return self.urls[0]
+
+    def response(self, plan: Plan, headers: tuple[tuple[str, str], ...]) -> h11.Response:
+        """The h11 response event, reused while the same file is served within one second:
+        h11 validates every header of a new event, a quarter of the cost of a small file."""
+        key = (plan.status, headers)
+        response = self._responses.get(key)
+        if response is None:
+            response = h11.Response(
+                status_code=plan.status, headers=list(headers), reason=plan.reason.encode()
+            )
+            if len(self._responses) >= self.limits.cache_entries:
+                self._responses.clear()
+            self._responses[key] = response
+        return response
 
     def open_body(self, plan: Plan) -> Any:
         """The bytes of a small file (cached), or an open file to stream from."""
