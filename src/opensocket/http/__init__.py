@@ -1,5 +1,5 @@
-"""HTTP/1.1 on h11: static file serving (the sans-IO planner ``files`` and the asyncio server)
-and a client (``fetch``, ``open_response``)."""
+"""HTTP/1.1: a static file server (the sans-IO planner ``files``; the asyncio server parses
+with httptools) and a client on h11 (``fetch``, ``open_response``)."""
 
 from __future__ import annotations
 
