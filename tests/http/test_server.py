@@ -269,6 +269,7 @@ async def test_connection_cap_gets_503(site: Path) -> None:
             assert b"200 OK" in await reader.readuntil(b"\r\n\r\n")  # the first one is in
             refused = await raw_exchange(port_of(server), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert status_of(refused) == 503
+            assert server.stats.dropped["connection limit"] == 1
         finally:
             writer.close()
             await writer.wait_closed()
@@ -317,3 +318,178 @@ async def test_sendfile_bodies_match_the_file(site: Path) -> None:
             assert again.content == b"hello, world\n"
     finally:
         await srv.close(1.0)
+
+
+def client_hello() -> bytes:
+    """A real TLS ClientHello, as the first flight of any HTTPS client."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    assert hello[:1] == b"\x16"  # a handshake record
+    return hello
+
+
+async def tls_reply_to_hello(port: int) -> bytes:
+    """Send a ClientHello and read until the server closes: b"" when it never answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(client_hello())
+        async with asyncio.timeout(5):
+            return await reader.read(-1)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+        await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+
+
+async def https_get(port: int, cafile: str) -> bytes:
+    """One request over TLS on a fresh connection; the response head and body."""
+    context = ssl.create_default_context(cafile=cafile)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="localhost"
+    )
+    try:
+        writer.write(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(5):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+        await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+
+
+async def wait_idle(server: HttpServer) -> None:
+    for _ in range(200):  # 2 s at most
+        if server.stats.active == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server still holds a connection")
+
+
+async def test_https_denied_client_is_closed_before_tls(
+    site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = make_pki(tmp_path)
+    server = await serve_http(
+        "https://127.0.0.1:0",
+        site,
+        tls=pki.server_tls(),
+        limits=LIMITS,
+        server_limits=ServerLimits(deny=("127.0.0.0/8",)),
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="opensocket.http"):
+            assert await tls_reply_to_hello(port_of(server)) == b""  # not even a ServerHello
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await https_get(port_of(server), pki.ca_cert)
+        stats = server.stats
+        assert stats.dropped["access denied"] == 2
+        assert stats.handshakes_failed == 0
+        assert stats.active == 0
+        refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refusals) == 2
+        assert "127.0.0.1 is denied by the access list" in refusals[0]
+    finally:
+        await server.close(1.0)
+
+
+async def test_https_over_the_cap_is_closed_before_tls_and_others_served(
+    site: Path, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+    server = await serve_http(
+        "https://127.0.0.1:0",
+        site,
+        tls=pki.server_tls(),
+        limits=LIMITS,
+        server_limits=ServerLimits(max_connections=1),
+    )
+    context = ssl.create_default_context(cafile=pki.ca_cert)
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port_of(server), ssl=context, server_hostname="localhost"
+        )
+        try:
+            writer.write(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" in await reader.readuntil(b"\r\n\r\n")  # holds the only place
+            assert await tls_reply_to_hello(port_of(server)) == b""
+            assert server.stats.dropped["connection limit"] == 1
+        finally:
+            writer.close()
+            await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+        await wait_idle(server)
+        response = await https_get(port_of(server), pki.ca_cert)  # the place is free again
+        assert b"200 OK" in response
+        assert response.endswith(b"hello, world\n")
+        assert server.stats.handshakes_failed == 0
+    finally:
+        await server.close(1.0)
+
+
+async def test_https_failed_handshake_is_counted_and_frees_its_place(
+    site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = make_pki(tmp_path)
+    server = await serve_http(
+        "https://127.0.0.1:0",
+        site,
+        tls=pki.server_tls(),
+        limits=LIMITS,
+        server_limits=ServerLimits(max_connections=1),
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="opensocket.http"):
+            plain = await raw_exchange(port_of(server), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"HTTP/1.1" not in plain  # no HTTP answer on a TLS port
+        assert server.stats.handshakes_failed == 1
+        assert server.stats.dropped["handshake failed"] == 1
+        assert any("handshake failed" in r.getMessage() for r in caplog.records)
+        await wait_idle(server)
+        response = await https_get(port_of(server), pki.ca_cert)
+        assert response.endswith(b"hello, world\n")
+    finally:
+        await server.close(1.0)
+
+
+async def test_https_silent_client_times_out_in_the_handshake(
+    site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = make_pki(tmp_path)
+    server = await serve_http(
+        "https://127.0.0.1:0",
+        site,
+        tls=pki.server_tls(),
+        limits=LIMITS,
+        server_limits=ServerLimits(handshake_timeout=0.2),
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="opensocket.http"):
+            silent = await raw_exchange(port_of(server), b"")  # connects, never says hello
+        assert silent == b""
+        assert server.stats.handshakes_failed == 1
+        assert any("TLS handshake in 0.2s" in r.getMessage() for r in caplog.records)
+        assert (await https_get(port_of(server), pki.ca_cert)).endswith(b"hello, world\n")
+    finally:
+        await server.close(1.0)
+
+
+async def test_close_drops_a_pending_tls_handshake(site: Path, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    server = await serve_http("https://127.0.0.1:0", site, tls=pki.server_tls(), limits=LIMITS)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    try:
+        for _ in range(100):  # the handshake starts once the loop runs the accept
+            if server._handshakes:
+                break
+            await asyncio.sleep(0.01)
+        assert server._handshakes
+        async with asyncio.timeout(2):
+            await server.close(1.0)
+            assert await reader.read(-1) == b""
+        assert not server._handshakes
+        assert server._admission.total == 0
+    finally:
+        writer.close()
+        await asyncio.gather(writer.wait_closed(), return_exceptions=True)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from .. import tls as tlsmod
 from .._log import peer_logger, safe_call
@@ -31,6 +30,7 @@ from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
 from ..protocol.connection import Role, encode_close
 from ..protocol.frame import FrameType, frame_bytes
 from ..stats import ServerStats
+from ._accept import Acceptor, Early, detach_socket, peer_text
 from ._framed import Connection, FramedProtocol, client_core
 from .stream import DEFAULT_LINE_LIMIT, Stream
 
@@ -43,69 +43,6 @@ _RAW_DROPS: dict[type[BaseException], str] = {
     WriteTimeout: CloseCode.describe(CloseCode.SLOW_CONSUMER),
 }
 Handler = Callable[[Any], Awaitable[Any]]
-
-
-def _peer_text(sockaddr: Any) -> tuple[str, str | None]:
-    if isinstance(sockaddr, tuple):
-        return format_sockaddr(sockaddr), str(sockaddr[0])
-    return "unix-peer", None
-
-
-class _Acceptor(asyncio.Protocol):
-    """First protocol of every accepted socket: admission, then TLS, then the real protocol."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.server._accepted(cast(asyncio.Transport, transport))
-
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - replaced before data
-        pass
-
-
-class _Early(asyncio.Protocol):
-    """Protocol of a TLS transport until the real one takes over.
-
-    A TLS 1.3 client's first data rides with its Finished message, so the TLS layer hands it
-    over before ``connect_accepted_socket`` returns: keep it, then replay it.
-    """
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.eof = False
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        return False
-
-    def replay(self, proto: asyncio.BaseProtocol) -> None:
-        """Hand what arrived early to the protocol that replaced this one."""
-        data, self.data = self.data, bytearray()
-        if data and isinstance(proto, asyncio.BufferedProtocol):
-            view = memoryview(data)
-            while view:
-                buf = memoryview(proto.get_buffer(len(view)))
-                size = min(len(buf), len(view))
-                buf[:size] = view[:size]
-                proto.buffer_updated(size)
-                view = view[size:]
-        elif data and isinstance(proto, asyncio.Protocol):
-            proto.data_received(bytes(data))
-        if self.eof and isinstance(proto, asyncio.Protocol | asyncio.BufferedProtocol):
-            proto.eof_received()  # the TLS layer closes the transport after EOF anyway
-
-
-def _detach_socket(transport: asyncio.Transport) -> socket.socket:
-    """Take the connected socket from ``transport`` (called in connection_made, before any
-    read): the duplicate keeps the connection open when the transport closes its own."""
-    sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
-    sock.setblocking(False)
-    transport.abort()
-    return sock
 
 
 class Server(ServerBase):
@@ -143,7 +80,7 @@ class Server(ServerBase):
         socks = bind_sockets(addr, self.options)
         for sock in socks:
             srv = await loop.create_server(
-                lambda: _Acceptor(self), sock=sock, backlog=self.options.backlog
+                lambda: Acceptor(self._accepted), sock=sock, backlog=self.options.backlog
             )
             self._servers.append(srv)
         self._record_bound(addr, socks)
@@ -153,7 +90,7 @@ class Server(ServerBase):
 
     def _accepted(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
-        peer, ip = _peer_text(transport.get_extra_info("peername"))
+        peer, ip = peer_text(transport.get_extra_info("peername"))
         self._stats.accepted += 1
         refusal = (
             Refusal(CloseCode.GOING_AWAY, "server is shutting down")
@@ -170,7 +107,7 @@ class Server(ServerBase):
         if self._ssl is None:
             self._attach(transport, peer, ip, tls=False)
         else:
-            task = loop.create_task(self._start_tls(_detach_socket(transport), peer, ip))
+            task = loop.create_task(self._start_tls(detach_socket(transport), peer, ip))
             self._track(task)
 
     def _refuse(self, transport: asyncio.Transport, peer: str, refusal: Refusal) -> None:
@@ -187,7 +124,7 @@ class Server(ServerBase):
         assert self._ssl is not None
         try:
             transport, _ = await loop.connect_accepted_socket(
-                _Early,
+                Early,
                 sock,
                 ssl=self._ssl,
                 ssl_handshake_timeout=self.limits.handshake_timeout,
@@ -234,7 +171,7 @@ class Server(ServerBase):
         transport.set_write_buffer_limits(high=self.limits.send_buffer_limit)
         transport.set_protocol(proto)
         proto.connection_made(transport)
-        if isinstance(early, _Early):
+        if isinstance(early, Early):
             early.replay(proto)
 
     def _ready(self, proto: FramedProtocol) -> None:
@@ -289,7 +226,7 @@ class Server(ServerBase):
         transport.set_write_buffer_limits(high=self.limits.send_buffer_limit)
         transport.set_protocol(proto)
         proto.connection_made(transport)
-        if isinstance(early, _Early):
+        if isinstance(early, Early):
             early.replay(proto)
         writer = asyncio.StreamWriter(transport, proto, reader, loop)
         stream = Stream(

@@ -3,7 +3,8 @@
 One request parser per client, keep-alive, limits on the request head (size, target, header
 count, time to arrive), a bounded request body, streamed file bodies, admission control and
 TLS from the rest of opensocket, graceful close, and one access-log line per response in
-common log format on the ``opensocket.http.access`` logger.
+common log format on the ``opensocket.http.access`` logger. Admission runs on the plain
+accepted socket, before any TLS handshake: a refused HTTPS client is closed at no TLS cost.
 """
 
 from __future__ import annotations
@@ -13,19 +14,23 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 from .. import tls as tlsmod
 from .._sockets import bind_sockets
-from ..address import Address, format_sockaddr, from_sockaddr, parse_address
-from ..admission import Admission
-from ..errors import AddressError, ConfigError
+from ..address import Address, from_sockaddr, parse_address
+from ..admission import Admission, Refusal
+from ..aio._accept import Acceptor, Early, detach_socket, peer_text
+from ..errors import AddressError, CloseCode, ConfigError, TLSError, TLSHandshakeError
 from ..options import ServerLimits, SocketOptions, TLSOptions
+from ..stats import ServerStats
 from ._parser import Request, RequestParser
 from .access import LOG_FORMATS, AccessRecord, format_access
 from .files import (
@@ -425,21 +430,22 @@ class HttpServer:
         self._admission = Admission(server_limits)
         self._servers: list[asyncio.Server] = []
         self._sessions: dict[asyncio.Task[Any], _Session] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handshakes: set[asyncio.Task[Any]] = set()
+        self._stats = ServerStats()
         self._cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._responses: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}
         self._closed = asyncio.get_running_loop().create_future()
 
     async def _start(self, addr: Address) -> None:
+        loop = asyncio.get_running_loop()
         ctx = None
         if addr.is_tls:
             ctx = tlsmod.server_context(self._tls_options)
+        accepted = partial(self._accepted, ctx)
         for sock in bind_sockets(addr, self.options):
-            srv = await asyncio.start_server(
-                self._client,
-                sock=sock,
-                ssl=ctx,
-                ssl_handshake_timeout=self.server_limits.handshake_timeout if ctx else None,
-                limit=self.limits.max_head_size,
+            srv = await loop.create_server(
+                lambda: Acceptor(accepted), sock=sock, backlog=self.options.backlog
             )
             self._servers.append(srv)
             bound = from_sockaddr(addr.scheme, sock.getsockname())
@@ -497,36 +503,122 @@ class HttpServer:
             self._cache.move_to_end(key)
         return data
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) else "unix"
+    # ---- accepting ---------------------------------------------------------------------------
+
+    def _accepted(self, ctx: ssl.SSLContext | None, transport: asyncio.Transport) -> None:
+        """Admit on the plain socket: a refused HTTPS client is closed before any TLS work, a
+        refused plain one gets a 503; an admitted HTTPS client starts its handshake."""
         loop = asyncio.get_running_loop()
-        refusal = self._admission.admit(ip if isinstance(peer, tuple) else None, loop.time())
-        session = _Session(self, reader, writer, ip)
+        peer, ip = peer_text(transport.get_extra_info("peername"))
+        self._stats.accepted += 1
+        refusal = (
+            Refusal(CloseCode.GOING_AWAY, "server is shutting down")
+            if self.closing
+            else self._admission.admit(ip, loop.time())
+        )
+        if refusal is not None:
+            self._stats.dropped[CloseCode.describe(refusal.code)] += 1
+            log.warning("[%s] refused: %s", peer, refusal.reason)
+            if ctx is not None:
+                transport.abort()  # no TLS, so no way to say why: just close
+                return
+        if ctx is None:
+            self._attach(transport, ip, refusal)
+        else:
+            task = loop.create_task(self._start_tls(detach_socket(transport), ctx, peer, ip))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+            self._track(task)
+
+    async def _start_tls(
+        self, sock: socket.socket, ctx: ssl.SSLContext, peer: str, ip: str | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.server_limits.handshake_timeout
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                Early, sock, ssl=ctx, ssl_handshake_timeout=timeout
+            )
+        except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
+            error: TLSError = tlsmod.tls_error(exc, peer, server_side=True)
+            if isinstance(exc, TimeoutError) or "taking longer" in str(exc):
+                error = TLSHandshakeError(
+                    f"the client {peer} did not complete the TLS handshake in {timeout:g}s"
+                )
+            self._stats.handshakes_failed += 1
+            self._stats.dropped["handshake failed"] += 1
+            log.warning("[%s] handshake failed: %s", peer, error)
+            self._handshake_over(sock, ip)
+            return
+        except BaseException:  # cancelled by close()
+            self._handshake_over(sock, ip)
+            raise
+        self._attach(transport, ip, None)
+
+    def _handshake_over(self, sock: socket.socket, ip: str | None) -> None:
+        sock.close()
+        self._admission.release(ip)
+
+    def _attach(
+        self, transport: asyncio.Transport, ip: str | None, refusal: Refusal | None
+    ) -> None:
+        """Put a stream reader and writer on ``transport`` and start its session."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=self.limits.max_head_size, loop=loop)
+        proto = asyncio.StreamReaderProtocol(reader, loop=loop)
+        early = transport.get_protocol()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        if isinstance(early, Early):
+            early.replay(proto)
+        writer = asyncio.StreamWriter(transport, proto, reader, loop)
+        self._track(loop.create_task(self._client(reader, writer, ip, refusal)))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _client(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ip: str | None,
+        refusal: Refusal | None,
+    ) -> None:
+        session = _Session(self, reader, writer, ip or "unix")
         task = asyncio.current_task()
         assert task is not None
         try:
-            if refusal is not None or self.closing:
-                log.warning("[%s] refused: %s", format_sockaddr(peer), refusal and refusal.reason)
+            if refusal is not None:
                 await session._respond(error_plan(503, "the server is busy or closing"), None)
                 return
             self._sessions[task] = session
             await session.run()
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
-            log.debug("[%s] connection ended: %r", ip, exc)
+            log.debug("[%s] connection ended: %r", session.ip, exc)
         except Exception:
-            log.exception("[%s] session failed", ip)
+            log.exception("[%s] session failed", session.ip)
         finally:
             session.stop_timer()
             self._sessions.pop(task, None)
             if refusal is None:
-                self._admission.release(ip if isinstance(peer, tuple) else None)
+                self._admission.release(ip)
             if not task.cancelling():
                 await _linger(reader, writer)
             writer.close()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
+
+    @property
+    def stats(self) -> ServerStats:
+        """Counters: accepted, active, failed TLS handshakes, refusals by reason."""
+        return ServerStats(
+            accepted=self._stats.accepted,
+            active=len(self._sessions),
+            handshakes_failed=self._stats.handshakes_failed,
+            dropped=self._stats.dropped.copy(),
+        )
 
     async def serve_forever(self) -> None:
         """Run until ``close()`` is called or the task is cancelled."""
@@ -546,6 +638,8 @@ class HttpServer:
         grace = self.server_limits.shutdown_grace if timeout is None else timeout
         for srv in self._servers:
             srv.close()
+        for task in list(self._handshakes):
+            task.cancel()  # no request yet, so nothing to finish
         for task, session in list(self._sessions.items()):
             if session.idle:
                 task.cancel()
@@ -554,8 +648,8 @@ class HttpServer:
             await asyncio.wait(busy, timeout=grace)
         for task in list(self._sessions):
             task.cancel()
-        if self._sessions:
-            await asyncio.wait(set(self._sessions), timeout=1.0)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
         for srv in self._servers:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
