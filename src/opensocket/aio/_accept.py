@@ -9,14 +9,21 @@ keeps what the TLS layer delivers before the real protocol takes over.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Callable
 from typing import Any, cast
 
 from ..address import format_sockaddr
+from ..admission import Admission, Refusal
+from ..errors import CloseCode
+from ..stats import ServerStats
 
 __all__ = ["Acceptor", "Early", "detach_socket", "peer_text"]
+
+
+log = logging.getLogger("opensocket.server")
 
 
 def peer_text(sockaddr: Any) -> tuple[str, str | None]:
@@ -82,3 +89,22 @@ def detach_socket(transport: asyncio.Transport) -> socket.socket:
     sock.setblocking(False)
     transport.abort()
     return sock
+
+
+def screen(
+    transport: asyncio.BaseTransport, admission: Admission, stats: ServerStats, *, closing: bool
+) -> tuple[str, str | None, Refusal | None]:
+    """Admission for a freshly accepted socket: count it, and count and log a refusal.
+
+    Returns the peer text, its IP, and the Refusal (None when admitted).
+    """
+    peer, ip = peer_text(transport.get_extra_info("peername"))
+    stats.accepted += 1
+    if closing:
+        refusal: Refusal | None = Refusal(CloseCode.GOING_AWAY, "server is shutting down")
+    else:
+        refusal = admission.admit(ip, asyncio.get_running_loop().time())
+    if refusal is not None:
+        stats.dropped[CloseCode.describe(refusal.code)] += 1
+        log.warning("[%s] refused: %s", peer, refusal.reason)
+    return peer, ip, refusal

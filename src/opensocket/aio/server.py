@@ -30,7 +30,7 @@ from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
 from ..protocol.connection import Role, encode_close
 from ..protocol.frame import FrameType, frame_bytes
 from ..stats import ServerStats
-from ._accept import Acceptor, Early, detach_socket, peer_text
+from ._accept import Acceptor, Early, detach_socket, screen
 from ._framed import Connection, FramedProtocol, client_core
 from .stream import DEFAULT_LINE_LIMIT, Stream
 
@@ -90,15 +90,9 @@ class Server(ServerBase):
 
     def _accepted(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
-        peer, ip = peer_text(transport.get_extra_info("peername"))
-        self._stats.accepted += 1
-        refusal = (
-            Refusal(CloseCode.GOING_AWAY, "server is shutting down")
-            if self._closing
-            else self._admission.admit(ip, loop.time())
-        )
+        peer, ip, refusal = screen(transport, self._admission, self._stats, closing=self._closing)
         if refusal is not None:
-            self._refuse(transport, peer, refusal)
+            self._refuse(transport, refusal)
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -110,9 +104,7 @@ class Server(ServerBase):
             task = loop.create_task(self._start_tls(detach_socket(transport), peer, ip))
             self._track(task)
 
-    def _refuse(self, transport: asyncio.Transport, peer: str, refusal: Refusal) -> None:
-        self._stats.dropped[CloseCode.describe(refusal.code)] += 1
-        log.warning("[%s] refused: %s", peer, refusal.reason)
+    def _refuse(self, transport: asyncio.Transport, refusal: Refusal) -> None:
         if not self.raw and self._ssl is None:
             transport.write(
                 frame_bytes(FrameType.ERROR, encode_close(refusal.code, refusal.reason))

@@ -27,8 +27,8 @@ from .. import tls as tlsmod
 from .._sockets import bind_sockets
 from ..address import Address, from_sockaddr, parse_address
 from ..admission import Admission, Refusal
-from ..aio._accept import Acceptor, Early, detach_socket, peer_text
-from ..errors import AddressError, CloseCode, ConfigError, TLSError, TLSHandshakeError
+from ..aio._accept import Acceptor, Early, detach_socket, screen
+from ..errors import AddressError, ConfigError, TLSError, TLSHandshakeError
 from ..options import ServerLimits, SocketOptions, TLSOptions
 from ..stats import ServerStats
 from ._parser import Request, RequestParser
@@ -509,19 +509,10 @@ class HttpServer:
         """Admit on the plain socket: a refused HTTPS client is closed before any TLS work, a
         refused plain one gets a 503; an admitted HTTPS client starts its handshake."""
         loop = asyncio.get_running_loop()
-        peer, ip = peer_text(transport.get_extra_info("peername"))
-        self._stats.accepted += 1
-        refusal = (
-            Refusal(CloseCode.GOING_AWAY, "server is shutting down")
-            if self.closing
-            else self._admission.admit(ip, loop.time())
-        )
-        if refusal is not None:
-            self._stats.dropped[CloseCode.describe(refusal.code)] += 1
-            log.warning("[%s] refused: %s", peer, refusal.reason)
-            if ctx is not None:
-                transport.abort()  # no TLS, so no way to say why: just close
-                return
+        peer, ip, refusal = screen(transport, self._admission, self._stats, closing=self.closing)
+        if refusal is not None and ctx is not None:
+            transport.abort()  # no TLS, so no way to say why: just close
+            return
         if ctx is None:
             self._attach(transport, ip, refusal)
         else:
