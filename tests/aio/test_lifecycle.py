@@ -346,11 +346,17 @@ async def test_a_cancelled_connect_is_not_a_failed_handshake() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)  # never answers the HELLO
         url = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        listener.setblocking(False)
+        loop = asyncio.get_running_loop()
         connecting = asyncio.create_task(opensocket.connect(url, hooks=watch.hooks))
-        await asyncio.sleep(0.05)  # connected on loopback by now, waiting for the WELCOME
-        connecting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await connecting
-        assert watch.failed == 0
+        peer, _ = await asyncio.wait_for(loop.sock_accept(listener), 5)
+        try:
+            assert await asyncio.wait_for(loop.sock_recv(peer, 2), 5) == b"OS"  # HELLO sent
+            connecting.cancel()  # now it waits for the WELCOME
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            assert watch.failed == 0
+        finally:
+            peer.close()
     finally:
         listener.close()
