@@ -5,11 +5,18 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from .errors import AddressError
 
-__all__ = ["SCHEMES", "Address", "format_sockaddr", "from_sockaddr", "parse_address"]
+__all__ = [
+    "SCHEMES",
+    "Address",
+    "format_sockaddr",
+    "from_sockaddr",
+    "parse_address",
+    "peer_text",
+]
 
 STREAM_SCHEMES: Final = frozenset({"tcp", "tls", "unix"})
 DATAGRAM_SCHEMES: Final = frozenset({"udp"})
@@ -188,6 +195,13 @@ def family_of(host: str) -> socket.AddressFamily | None:
     except ValueError:
         return None
     return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+
+
+def peer_text(sockaddr: Any) -> tuple[str, str | None]:
+    """An accepted peer for logs, and its IP for admission (None for Unix sockets)."""
+    if isinstance(sockaddr, tuple):
+        return format_sockaddr(sockaddr), str(sockaddr[0])
+    return "unix-peer", None
 
 
 def format_sockaddr(sockaddr: object) -> str:

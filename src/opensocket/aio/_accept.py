@@ -13,24 +13,17 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
-from ..address import format_sockaddr
+from ..address import peer_text
 from ..admission import Admission, Refusal
 from ..errors import CloseCode
 from ..stats import ServerStats
 
-__all__ = ["Acceptor", "Early", "detach_socket", "peer_text"]
+__all__ = ["Acceptor", "Early", "detach_socket"]
 
 
 log = logging.getLogger("opensocket.server")
-
-
-def peer_text(sockaddr: Any) -> tuple[str, str | None]:
-    """The peer for logs, and its IP for admission (None for unix sockets)."""
-    if isinstance(sockaddr, tuple):
-        return format_sockaddr(sockaddr), str(sockaddr[0])
-    return "unix-peer", None
 
 
 class Acceptor(asyncio.Protocol):

@@ -25,7 +25,7 @@ from .. import tls as tlsmod
 from .._log import peer_logger, safe_call
 from .._server import ServerBase
 from .._sockets import bind_sockets, close_quietly, set_stream_options
-from ..address import Address
+from ..address import Address, peer_text
 from ..admission import Refusal
 from ..errors import CloseCode, ConnectionClosed, OpenSocketError, TLSError, TLSHandshakeError
 from ..hooks import Hooks
@@ -47,14 +47,6 @@ LINGER_SECONDS = 2.0
 MAX_LINGERING = 1024
 ACCEPT_PAUSE = 0.1
 JOIN_TIMEOUT = 5.0
-
-
-def _peer_text(sockaddr: Any) -> tuple[str, str | None]:
-    if isinstance(sockaddr, tuple):
-        host = str(sockaddr[0])
-        text = f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
-        return text, host
-    return "unix-peer", None
 
 
 class _Pool:
@@ -230,7 +222,7 @@ class Server(ServerBase):
         sel: selectors.BaseSelector,
         lingering: dict[socket.socket, float],
     ) -> None:
-        peer, ip = _peer_text(sockaddr)
+        peer, ip = peer_text(sockaddr)
         with self._lock:
             self._stats.accepted += 1
             refusal = (
