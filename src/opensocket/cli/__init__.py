@@ -28,8 +28,19 @@ from ..errors import AddressError, ConfigError, OpenSocketError
 
 __all__ = ["UsageError", "build_parser", "main", "parse_args", "report_failure", "run"]
 
-COMMANDS = ("serve", "echo", "connect", "listen", "cert", "http")
-_MODULES = {"connect": "pipe", "listen": "pipe", "echo serve": "echo"}
+COMMANDS = (
+    "serve",
+    "echo",
+    "connect",
+    "listen",
+    "cert",
+    "http",
+)
+_MODULES = {
+    "connect": "pipe",
+    "listen": "pipe",
+    "echo serve": "echo",
+}
 # Two-word commands have a parser of their own, not listed among COMMAND's choices;
 # 'echo --help' points to 'echo serve'.
 _NESTED = ("echo serve",)
@@ -107,6 +118,9 @@ def _parser_for(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
     """The parser for ``argv`` and the arguments it parses (two-word commands have their own)."""
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in _NESTED:
         return _command_parser(f"{argv[0]} {argv[1]}"), argv[2:]
+    if argv and argv[0] in COMMANDS:
+        # only this command's module is imported: start-up time matters for quick tools
+        return _command_parser(argv[0]), argv[1:]
     return build_parser(), argv
 
 
@@ -116,7 +130,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args, extra = parser.parse_known_args(rest)
     if extra:
         # the command's own parser reports it, with the command's usage line
-        own = parser if args.command in _NESTED else _command_parser(args.command)
+        own = parser if parser.prog != "opensocket" else _command_parser(args.command)
         own.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
