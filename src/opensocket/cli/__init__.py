@@ -35,6 +35,7 @@ COMMANDS = (
     "listen",
     "cert",
     "http",
+    "scan",
 )
 _MODULES = {
     "connect": "pipe",

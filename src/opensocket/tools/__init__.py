@@ -1,0 +1,1 @@
+"""Troubleshooting tools as library functions: scan, ping, stat and bench (the CLI wraps them)."""
