@@ -36,6 +36,8 @@ COMMANDS = (
     "cert",
     "http",
     "scan",
+    "ping",
+    "stat",
 )
 _MODULES = {
     "connect": "pipe",
