@@ -26,6 +26,7 @@ The tree::
     │   ├── ChecksumMismatch
     │   ├── UnexpectedFrame
     │   ├── CodecError                         a payload failed to encode or decode
+    │   ├── MalformedEnvelope                  a messaging-pattern frame is not valid
     │   └── HandshakeError
     │       ├── HandshakeTimeout (TimeoutError)
     │       ├── AuthenticationFailed
@@ -35,12 +36,15 @@ The tree::
     │   ├── TooManyRedirects
     │   ├── RedirectRefused                    https -> http, or not an http(s) location
     │   └── BodyTooLarge
+    ├── QueueFull                              a high-water mark was reached (policy "raise")
+    ├── RequestAborted (ConnectionError)       the replier's link was lost; not retryable
     ├── ConnectionClosed (ConnectionError)     the connection is closed (has .code, .reason)
     │   ├── ConnectionClosedOK                 closed normally
     │   └── ConnectionClosedError              closed by an error, a timeout or a lost link
     └── OperationTimeout (TimeoutError)
         ├── ReadTimeout
-        └── WriteTimeout
+        ├── WriteTimeout
+        └── RequestTimeout                     no reply before the request's deadline
 
 Errors translated from an ``OSError`` keep it as ``__cause__``.
 """
@@ -74,6 +78,7 @@ __all__ = [
     "HostUnreachable",
     "HostnameMismatch",
     "HttpError",
+    "MalformedEnvelope",
     "MalformedResponse",
     "NameResolutionError",
     "NegotiationFailed",
@@ -81,8 +86,11 @@ __all__ = [
     "OpenSocketError",
     "OperationTimeout",
     "ProtocolError",
+    "QueueFull",
     "ReadTimeout",
     "RedirectRefused",
+    "RequestAborted",
+    "RequestTimeout",
     "TLSError",
     "TLSHandshakeError",
     "TooManyRedirects",
@@ -271,6 +279,18 @@ class NegotiationFailed(HandshakeError):
     code = CloseCode.NEGOTIATION_FAILED
 
 
+class MalformedEnvelope(ProtocolError):
+    """A messaging-pattern frame (types 0x21-0x3F) is not valid."""
+
+
+class QueueFull(OpenSocketError):
+    """A queue is at its high-water mark and its policy is "raise"."""
+
+
+class RequestAborted(OpenSocketError, ConnectionError):
+    """The connection carrying a request was lost and the request is not retryable."""
+
+
 class HttpError(OpenSocketError):
     """An HTTP exchange failed (a response with an error status is not an exception)."""
 
@@ -321,6 +341,10 @@ class ReadTimeout(OperationTimeout):
 
 class WriteTimeout(OperationTimeout):
     """The peer did not take our data within the write timeout."""
+
+
+class RequestTimeout(OperationTimeout):
+    """No reply arrived before the request's deadline."""
 
 
 def closed_error(code: int, reason: str = "", *, by_peer: bool = False) -> ConnectionClosed:
