@@ -37,6 +37,7 @@ The tree::
     │   ├── RedirectRefused                    https -> http, or not an http(s) location
     │   └── BodyTooLarge
     ├── QueueFull                              a high-water mark was reached (policy "raise")
+    ├── SendBufferFull (BlockingIOError)       a reliable-UDP send buffer is full: wait, retry
     ├── RequestAborted (ConnectionError)       the replier's link was lost; not retryable
     ├── ConnectionClosed (ConnectionError)     the connection is closed (has .code, .reason)
     │   ├── ConnectionClosedOK                 closed normally
@@ -91,6 +92,7 @@ __all__ = [
     "RedirectRefused",
     "RequestAborted",
     "RequestTimeout",
+    "SendBufferFull",
     "TLSError",
     "TLSHandshakeError",
     "TooManyRedirects",
@@ -285,6 +287,10 @@ class MalformedEnvelope(ProtocolError):
 
 class QueueFull(OpenSocketError):
     """A queue is at its high-water mark and its policy is "raise"."""
+
+
+class SendBufferFull(OpenSocketError, BlockingIOError):
+    """A send would exceed the connection's send buffer: wait until it is writable again."""
 
 
 class RequestAborted(OpenSocketError, ConnectionError):
