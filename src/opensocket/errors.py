@@ -39,6 +39,7 @@ The tree::
     ├── QueueFull                              a high-water mark was reached (policy "raise")
     ├── SendBufferFull (BlockingIOError)       a reliable-UDP send buffer is full: wait, retry
     ├── RequestAborted (ConnectionError)       the replier's link was lost; not retryable
+    ├── BenchFailed                            a bench test was refused, could not run or was cut
     ├── ConnectionClosed (ConnectionError)     the connection is closed (has .code, .reason)
     │   ├── ConnectionClosedOK                 closed normally
     │   └── ConnectionClosedError              closed by an error, a timeout or a lost link
@@ -59,6 +60,7 @@ __all__ = [
     "AddressInUse",
     "AuthenticationFailed",
     "BadMagic",
+    "BenchFailed",
     "BodyTooLarge",
     "CertificateError",
     "CertificateExpired",
@@ -315,6 +317,10 @@ class RedirectRefused(HttpError):
 
 class BodyTooLarge(HttpError):
     """The response body is larger than ``max_body``."""
+
+
+class BenchFailed(OpenSocketError):
+    """A bench test could not run, was refused by the server or was cut short."""
 
 
 class ConnectionClosed(OpenSocketError, ConnectionError):

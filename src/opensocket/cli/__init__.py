@@ -38,15 +38,20 @@ COMMANDS = (
     "scan",
     "ping",
     "stat",
+    "bench",
 )
 _MODULES = {
     "connect": "pipe",
     "listen": "pipe",
     "echo serve": "echo",
+    "bench serve": "bench",
 }
 # Two-word commands have a parser of their own, not listed among COMMAND's choices;
 # 'echo --help' points to 'echo serve'.
-_NESTED = ("echo serve",)
+_NESTED = (
+    "echo serve",
+    "bench serve",
+)
 
 
 class UsageError(Exception):
