@@ -39,18 +39,21 @@ COMMANDS = (
     "ping",
     "stat",
     "bench",
+    "proxy",
 )
 _MODULES = {
     "connect": "pipe",
     "listen": "pipe",
     "echo serve": "echo",
     "bench serve": "bench",
+    "proxy ctl": "proxy",
 }
 # Two-word commands have a parser of their own, not listed among COMMAND's choices;
 # 'echo --help' points to 'echo serve'.
 _NESTED = (
     "echo serve",
     "bench serve",
+    "proxy ctl",
 )
 
 

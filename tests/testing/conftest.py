@@ -1,0 +1,1 @@
+"""pytester (enabled with -p pytester in pyproject) runs the plugin as a user would."""
