@@ -12,7 +12,8 @@ from opensocket.options import KeepAlive, ProtocolOptions, SocketOptions, TLSOpt
 
 DOCUMENTED = {
     "Address", "Codec", "Connection", "ConnectionStats", "DatagramEndpoint", "Hooks", "KeepAlive",
-    "ProtocolOptions", "Server", "ServerLimits", "ServerStats", "SocketOptions", "Stream",
+    "ProtocolOptions", "ReliableConnection", "ReliableServer", "RudpOptions", "Server",
+    "ServerLimits", "ServerStats", "SocketOptions", "Stream",
     "TLSOptions", "__version__", "connect", "errors", "get_codec", "open_datagram",
     "parse_address", "protobuf_codec", "register_codec", "run", "serve",
 }  # fmt: skip

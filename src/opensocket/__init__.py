@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .aio import (
         Connection,
         DatagramEndpoint,
+        ReliableConnection,
+        ReliableServer,
         Server,
         Stream,
         connect,
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from .codecs import Codec, get_codec, protobuf_codec, register_codec
     from .hooks import Hooks
     from .options import KeepAlive, ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
+    from .rudp import RudpOptions
     from .stats import ConnectionStats, ServerStats
 
 # Imported on first use, so that a CLI command or ``opensocket.sync`` does not pay for the
@@ -38,6 +41,8 @@ _LAZY = {
         (
             "Connection",
             "DatagramEndpoint",
+            "ReliableConnection",
+            "ReliableServer",
             "Server",
             "Stream",
             "connect",
@@ -54,6 +59,7 @@ _LAZY = {
         "options",
     ),
     **dict.fromkeys(("ConnectionStats", "ServerStats"), "stats"),
+    "RudpOptions": "rudp",
 }
 
 
@@ -81,6 +87,9 @@ __all__ = [
     "Hooks",
     "KeepAlive",
     "ProtocolOptions",
+    "ReliableConnection",
+    "ReliableServer",
+    "RudpOptions",
     "Server",
     "ServerLimits",
     "ServerStats",

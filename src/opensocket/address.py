@@ -20,12 +20,13 @@ __all__ = [
 
 STREAM_SCHEMES: Final = frozenset({"tcp", "tls", "unix"})
 DATAGRAM_SCHEMES: Final = frozenset({"udp"})
-SCHEMES: Final = STREAM_SCHEMES | DATAGRAM_SCHEMES
+RUDP_SCHEMES: Final = frozenset({"rudp"})  # reliable UDP: connect/serve over UDP sockets
+SCHEMES: Final = STREAM_SCHEMES | DATAGRAM_SCHEMES | RUDP_SCHEMES
 WILDCARD: Final = "*"
 
 _EXAMPLES: Final = (
     "tcp://127.0.0.1:9000, tls://example.com:9443, udp://[::1]:9000, "
-    "unix:///run/app.sock or unix://@abstract-name"
+    "rudp://127.0.0.1:9000, unix:///run/app.sock or unix://@abstract-name"
 )
 
 
@@ -62,6 +63,11 @@ class Address:
     def is_datagram(self) -> bool:
         """True for datagram schemes (UDP)."""
         return self.scheme in DATAGRAM_SCHEMES
+
+    @property
+    def is_rudp(self) -> bool:
+        """True for reliable UDP (``rudp://``): messages over UDP, opened with connect/serve."""
+        return self.scheme in RUDP_SCHEMES
 
     @property
     def unix_target(self) -> str | bytes:
@@ -149,7 +155,8 @@ def _parse_unix(url: str, rest: str) -> Address:
 def parse_address(
     url: str | Address, *, default_scheme: str | None = None, schemes: frozenset[str] = SCHEMES
 ) -> Address:
-    """Parse ``tcp://host:port``, ``tls://``, ``udp://``, ``unix:///path`` or ``unix://@name``.
+    """Parse ``tcp://host:port``, ``tls://``, ``udp://``, ``rudp://``, ``unix:///path`` or
+    ``unix://@name``.
 
     ``default_scheme`` lets callers accept a bare ``host:port``. Raises AddressError with an
     explanation and an example of a correct address.
@@ -186,6 +193,18 @@ def stream_address(url: str | Address) -> Address:
             f"serve take stream addresses; examples: {_EXAMPLES}"
         )
     return parse_address(url, schemes=STREAM_SCHEMES)
+
+
+def is_rudp_url(url: object) -> bool:
+    """True when ``url`` names a reliable-UDP endpoint (``connect``/``serve`` dispatch on it)."""
+    if isinstance(url, Address):
+        return url.is_rudp
+    return isinstance(url, str) and url.partition("://")[0].lower() in RUDP_SCHEMES
+
+
+def rudp_address(url: str | Address) -> Address:
+    """Parse a ``rudp://host:port`` address."""
+    return parse_address(url, schemes=RUDP_SCHEMES)
 
 
 def family_of(host: str) -> socket.AddressFamily | None:

@@ -503,3 +503,52 @@ def test_ctrl_c_prints_the_summary_so_far(
     else:
         assert re.fullmatch(r"sent [23], received 2, lost [01], rtt min/avg/max \S+ ms", lines[-1])
         assert len(lines) == 3
+
+
+# ---- reliable UDP (rudp://) -------------------------------------------------------------------
+
+
+def test_rudp_echo_server_and_client(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rudp:// is served beside tcp://; the printed command reaches it, with any codec."""
+    results: dict[str, Any] = {}
+
+    async def client(service: echo_cli.EchoService, commands: list[str], args: Any) -> None:
+        rudp = next(str(a) for a in service.addresses if a.is_rudp)
+        assert f"opensocket echo {rudp}" in commands
+        results["bytes"] = await asyncio.to_thread(run_cli, "echo", rudp, "-c", "2", "-m", "hi")
+        results["json"] = await asyncio.to_thread(
+            run_cli, "echo", rudp, "-c", "1", "--codec", "json", "-m", '{"k": 1}'
+        )
+
+    argv = ["echo", "serve", "tcp://127.0.0.1:0", "rudp://127.0.0.1:0", "--json"]
+    assert _run_server_in_process(argv, monkeypatch, client) == 0
+    assert results["bytes"].returncode == 0, results["bytes"].stderr
+    assert results["bytes"].stdout.count(b"reply 'hi' ") == 2
+    assert results["json"].stdout.startswith(b'reply {"k": 1} ')
+    announced = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert [item["mode"] for item in announced["listeners"]] == ["framed", "rudp"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["echo", "rudp://127.0.0.1:9", "--raw"], "--raw does not apply to rudp://"),
+        (["echo", "rudp://127.0.0.1:9", "--secret-env", "X"], "not to rudp:// addresses"),
+        (["echo", "serve", "rudp://127.0.0.1:0", "--raw"], "--raw does not apply to rudp://"),
+    ],
+)
+def test_rudp_refuses_stream_options(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_rudp_client_without_a_server_fails_fast(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert main(["echo", f"rudp://127.0.0.1:{port}", "-c", "1", "--timeout", "3"]) == 1
+    assert "is the server running?" in capsys.readouterr().err

@@ -316,3 +316,9 @@ def test_listen_keeps_sending_stdin_after_the_peer_half_closes(
         thread.join(WAIT)
     assert b"".join(received) == b"listener's stdin\n"
     assert capsysbinary.readouterr().out == b"from the peer\n"
+
+
+@pytest.mark.parametrize("command", ["connect", "listen"])
+def test_rudp_is_not_a_byte_stream(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "rudp://127.0.0.1:9000"]) == 2
+    assert "carries messages, not a byte stream" in capsys.readouterr().err

@@ -134,9 +134,11 @@ def framed_flags(args: argparse.Namespace) -> list[str]:
     return _given(args, _FRAMED_FLAGS)
 
 
-def reject_framed_flags(args: argparse.Namespace, what: str) -> None:
-    """ConfigError when framed-protocol options are given for ``what`` (raw streams, UDP)."""
-    given = framed_flags(args)
+def reject_framed_flags(
+    args: argparse.Namespace, what: str, *, allow: tuple[str, ...] = ()
+) -> None:
+    """ConfigError when framed-protocol options (but ``allow``) are given for ``what``."""
+    given = [flag for flag in framed_flags(args) if flag not in allow]
     if given:
         raise ConfigError(f"{_applies(given)} to the framed protocol only, not to {what}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import shlex
@@ -21,7 +22,7 @@ from typing import Any, Final
 
 from .. import aio
 from ..address import Address, parse_address
-from ..aio import Connection, DatagramEndpoint, Server, Stream
+from ..aio import Connection, DatagramEndpoint, ReliableConnection, ReliableServer, Server, Stream
 from ..codecs import get_codec
 from ..errors import (
     BadMagic,
@@ -35,6 +36,7 @@ from ..errors import (
     UnexpectedFrame,
 )
 from ..options import ProtocolOptions, ServerLimits, TLSOptions
+from ..rudp import RudpOptions
 from ._common import (
     add_limit_args,
     add_protocol_args,
@@ -189,8 +191,16 @@ async def echo_messages(conn: Connection) -> None:
         await conn.close(CloseCode.INVALID_PAYLOAD, str(exc))
 
 
+async def echo_reliable(conn: ReliableConnection) -> None:
+    """Send every reliable-UDP message back on the channel it came on."""
+    with contextlib.suppress(ConnectionClosedOK):
+        while True:
+            channel, message = await conn.recv_message()
+            await conn.send(message, channel=channel)
+
+
 class EchoService:
-    """Echo servers on several addresses: framed or raw streams, and UDP."""
+    """Echo servers on several addresses: framed or raw streams, reliable UDP, and UDP."""
 
     def __init__(
         self,
@@ -204,7 +214,7 @@ class EchoService:
         self.protocol = protocol or ProtocolOptions(codecs=default_codecs())
         self.tls = tls
         self.limits = limits or ServerLimits()
-        self.servers: list[Server] = []
+        self.servers: list[Server | ReliableServer] = []
         self.endpoints: list[DatagramEndpoint] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._streams: set[Stream] = set()  # raw connections, closed first on stop
@@ -217,6 +227,8 @@ class EchoService:
         """What ``addr`` echoes: ``framed`` messages, ``raw`` bytes or ``udp`` datagrams."""
         if addr.is_datagram:
             return "udp"
+        if addr.is_rudp:
+            return "rudp"
         return "raw" if self.raw else "framed"
 
     @property
@@ -232,6 +244,18 @@ class EchoService:
             for group in ([a for a in addrs if a.is_tls], [a for a in addrs if _plain(a)]):
                 if group:
                     await self._serve(group)
+            reliable: list[str | Address] = [a for a in addrs if a.is_rudp]
+            if reliable:
+                # the bytes codec echoes whatever the client's codec encoded
+                self.servers.append(
+                    await aio.serve(
+                        reliable,
+                        echo_reliable,
+                        codec="bytes",
+                        limits=self.limits,
+                        rudp=RudpOptions(),
+                    )
+                )
             for addr in (a for a in addrs if a.is_datagram):
                 endpoint = await aio.open_datagram(addr, bind=True)
                 self.endpoints.append(endpoint)
@@ -296,7 +320,7 @@ Extra = Callable[[argparse.Namespace, EchoService], list[str]]
 
 
 def _plain(addr: Address) -> bool:
-    return not addr.is_tls and not addr.is_datagram
+    return not addr.is_tls and not addr.is_datagram and not addr.is_rudp
 
 
 def reachable_address(addr: Address) -> Address:
@@ -372,6 +396,8 @@ def _describe(service: EchoService, addr: Address) -> str:
     mode = service.mode(addr)
     if mode == "udp":
         return "UDP datagrams"
+    if mode == "rudp":
+        return "reliable UDP messages"
     if mode == "raw":
         return "raw bytes"
     return "framed: " + ", ".join(service.protocol.codecs)
@@ -437,9 +463,13 @@ def check_server_args(args: argparse.Namespace, addrs: Sequence[Address]) -> Non
             "development set in ./certs)"
         )
     if getattr(args, "raw", False):
+        if any(a.is_rudp for a in addrs):
+            raise ConfigError("--raw does not apply to rudp:// addresses (they carry messages)")
         reject_framed_flags(args, "--raw byte streams")
     elif all(a.is_datagram for a in addrs):
         reject_framed_flags(args, "udp:// datagrams")
+    elif all(a.is_rudp for a in addrs):
+        reject_framed_flags(args, "rudp:// addresses")
 
 
 def _no_extra(args: argparse.Namespace, service: EchoService) -> list[str]:
@@ -595,6 +625,9 @@ async def _open_link(args: argparse.Namespace, addr: Address) -> Link:
     options = socket_options(args.timeout)
     if addr.is_datagram:
         return _DatagramLink(await aio.open_datagram(addr, options=options))
+    if addr.is_rudp:
+        codec = args.codec.split(",")[0] if args.codec else "bytes"
+        return _FramedLink(await aio.connect(addr, options=options, codec=codec))
     tls = tls_from(args, server=False)
     if args.raw:
         return _RawLink(await aio.connect(addr, raw=True, tls=tls, options=options))
@@ -699,6 +732,10 @@ def _check_client_args(args: argparse.Namespace, addr: Address) -> None:
     check_tls_flags(args, [addr])
     if addr.is_datagram:
         reject_framed_flags(args, "udp:// datagrams")
+    elif addr.is_rudp:
+        if args.raw:
+            raise ConfigError("--raw does not apply to rudp:// addresses (they carry messages)")
+        reject_framed_flags(args, "rudp:// addresses", allow=("--codec",))
     elif args.raw:
         reject_framed_flags(args, "--raw byte streams")
 

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Final
 from .. import aio
 from ..address import Address, parse_address
 from ..aio import DatagramEndpoint, Stream
-from ..errors import ConfigError, ConnectionClosed, ConnectionClosedOK
+from ..errors import AddressError, ConfigError, ConnectionClosed, ConnectionClosedOK
 from ..options import ServerLimits
 from ._common import (
     add_tls_args,
@@ -113,6 +113,11 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 def execute(args: argparse.Namespace) -> int:
     """Run ``connect`` or ``listen``."""
     addr = parse_address(args.url)
+    if addr.is_rudp:
+        raise AddressError(
+            f"{addr} carries messages, not a byte stream: 'opensocket echo {addr}' talks to a "
+            "reliable-UDP server; pipe bytes over tcp://, tls://, unix:// or udp://"
+        )
     if args.quit_after is not None and args.quit_after < 0:
         raise ConfigError(f"--quit-after must be 0 or more seconds (got {args.quit_after:g})")
     check_positive(getattr(args, "timeout", None), "--timeout")

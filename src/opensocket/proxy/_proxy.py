@@ -189,8 +189,8 @@ class Proxy(FaultMethods):
 
     @property
     def is_datagram(self) -> bool:
-        """True for a UDP proxy."""
-        return self.listen.is_datagram
+        """True for a UDP proxy (udp://, or rudp:// whose datagrams it forwards as UDP)."""
+        return _over_udp(self.listen)
 
     @property
     def url(self) -> str:
@@ -348,11 +348,15 @@ def _check_pair(listen: Address, upstream: Address) -> None:
             "the proxy forwards TLS as opaque bytes: use tcp:// for both addresses "
             "(the TLS handshake passes through)"
         )
-    if listen.is_datagram != upstream.is_datagram:
+    if _over_udp(listen) != _over_udp(upstream):
         raise ConfigError(
             f"cannot proxy {listen.scheme}:// to {upstream.scheme}://: "
-            "use udp:// on both sides, or stream addresses (tcp://, unix://) on both"
+            "use udp:// on both sides (or rudp://), or stream addresses (tcp://, unix://) on both"
         )
+
+
+def _over_udp(addr: Address) -> bool:
+    return addr.is_datagram or addr.is_rudp
 
 
 def _bound(addr: Address, sock: socket.socket) -> Address:

@@ -31,6 +31,7 @@ from .congestion import Pacer, make_controller
 from .events import Connected, ConnectionTerminated, Event, MessageReceived, RudpStats, Writable
 from .options import ChannelKind, RudpOptions
 from .recovery import LossRecovery, ReceivedRanges, RttEstimator, SentPacket
+from .redundancy import Copies, Copy
 from .wire import (
     ACCEPT_HEAD,
     CLOSE_HEAD,
@@ -139,6 +140,7 @@ class RudpConnection:
         self._queues: list[deque[Fragment]] = [deque() for _ in kinds]
         self._next_seq = [0] * len(kinds)
         self._retx: deque[Fragment] = deque()
+        self._copies = Copies(opts.redundancy) if opts.redundancy else None
         self._rr = 0
         self._queued = 0  # bytes sent-but-unacked (reliable) or unsent (unreliable)
         self._blocked = False
@@ -533,7 +535,7 @@ class RudpConnection:
             self._pace_wait = wait
             if wait is None:
                 before = len(buf)
-                eliciting = self._data_frames(buf, limit, items) or eliciting
+                eliciting = self._data_frames(buf, limit, items, now) or eliciting
                 self._pacer.spend(len(buf) - before)
         return self._finish(buf, now, items, eliciting)
 
@@ -558,14 +560,18 @@ class RudpConnection:
             eliciting = True
         return eliciting
 
-    def _data_frames(self, buf: bytearray, limit: int, items: list[object]) -> bool:
+    def _data_frames(self, buf: bytearray, limit: int, items: list[object], now: float) -> bool:
         start = len(buf)
         retx = self._retx
         while retx and len(buf) + _frame_size(retx[0]) <= limit:
             frag = retx.popleft()
+            if self._copied(frag) and not self._copies.pending(frag):  # type: ignore[union-attr]
+                continue  # a copy was acknowledged meanwhile
             _encode_msg(buf, frag)
             items.append(frag)
             self.stats.retransmits += 1
+        if self._copies:
+            self._copy_frames(self._copies, buf, limit, items, now)
         queues = self._queues
         count = len(queues)
         idle = 0
@@ -583,6 +589,8 @@ class RudpConnection:
                     continue
                 self._data_sent += len(frag.data)
                 items.append(frag)
+                if self._copied(frag):
+                    self._copies.schedule(frag, now, self.rtt.srtt)  # type: ignore[union-attr]
             else:
                 self._release(len(frag.data))
             queue.popleft()
@@ -611,12 +619,32 @@ class RudpConnection:
         self.stats.bytes_sent += size
         return packet
 
+    # ---- redundancy -------------------------------------------------------------------------
+
+    def _copied(self, frag: Fragment) -> bool:
+        """True for the fragments that get copies (small, reliable, redundancy on)."""
+        return self._copies is not None and self._reliable[frag.channel] and Copies.wanted(frag)
+
+    def _copy_frames(
+        self, copies: Copies, buf: bytearray, limit: int, items: list[object], now: float
+    ) -> None:
+        while (frag := copies.peek(now)) is not None and len(buf) + _frame_size(frag) <= limit:
+            copies.pop()
+            _encode_msg(buf, frag)
+            items.append(Copy(frag))
+            self.stats.redundant += 1
+
+    def _settle(self, frag: Fragment) -> bool:
+        """An acknowledgement covers ``frag``: True the first time (release its bytes)."""
+        return not self._copied(frag) or self._copies.settle(frag)  # type: ignore[union-attr]
+
     # ---- recovery callbacks -----------------------------------------------------------------
 
     def _on_lost(self, packet: SentPacket) -> None:
         for item in packet.items:
             if type(item) is Fragment:
-                self._retx.append(item)
+                if not self._copied(item) or self._copies.pending(item):  # type: ignore[union-attr]
+                    self._retx.append(item)
             elif item is _CLOSE_ITEM and self.state is State.CLOSING:
                 self._close_pending = True
             elif item is _FLOW_ITEM:
@@ -625,7 +653,11 @@ class RudpConnection:
     def _on_acked(self, packet: SentPacket) -> None:
         for item in packet.items:
             if type(item) is Fragment:
-                self._release(len(item.data))
+                if self._settle(item):
+                    self._release(len(item.data))
+            elif type(item) is Copy:
+                if self._settle(item.frag):
+                    self._release(len(item.frag.data))
             elif item is _CLOSE_ITEM and self.state is State.CLOSING:
                 self._terminate(self.close_code or CloseCode.NORMAL, self.close_reason, False)
 
@@ -634,6 +666,9 @@ class RudpConnection:
         if self._blocked and self._queued <= self.options.send_buffer // 2:
             self._blocked = False
             self._events.append(Writable())
+
+    def _window_full(self) -> bool:
+        return self.recovery.bytes_in_flight + self._mss > self.cc.cwnd
 
     def _linger(self) -> float:
         """How long the CLOSE exchange may take: 3 RTOs, and long enough for a few retries."""
@@ -660,6 +695,9 @@ class RudpConnection:
         )
         if self._pace_wait is not None and (self._retx or any(self._queues)):
             timer = _earliest(timer, self._pace_wait)
+        copies = self._copies
+        if copies and (due := copies.next_due()) is not None and not self._window_full():
+            timer = _earliest(timer, max(due, self._pace_wait or due))
         if opts.keepalive_interval is not None and not self.recovery.ack_eliciting_out:
             timer = _earliest(timer, self._last_sent + opts.keepalive_interval)
         return timer

@@ -81,6 +81,7 @@ class RudpStats:
     messages_sent: int = 0
     messages_received: int = 0
     retransmits: int = 0
+    redundant: int = 0  # copies sent by ``RudpOptions.redundancy``
     lost: int = 0
     loss_episodes: int = 0
     dropped: Counter[str] = field(default_factory=Counter)

@@ -21,7 +21,7 @@ from typing import Any, Literal, overload
 
 from .._log import safe_call
 from .._sockets import close_quietly
-from ..address import Address, stream_address
+from ..address import Address, is_rudp_url, stream_address
 from ..errors import ConfigError, HandshakeTimeout
 from ..hooks import Hooks
 from ..options import (
@@ -32,16 +32,20 @@ from ..options import (
     merge_protocol_options,
 )
 from ..protocol.connection import FramedConnection, Role
+from ..rudp import RudpOptions
 from ..tls import server_context
 from ._connect import open_socket, open_transport
 from ._framed import Connection, FramedLink
 from .datagram import DatagramEndpoint, open_datagram_endpoint
+from .rudp import ReliableConnection, ReliableServer, connect_rudp, serve_rudp
 from .server import Server
 from .stream import Stream, fmt_sockaddr
 
 __all__ = [
     "Connection",
     "DatagramEndpoint",
+    "ReliableConnection",
+    "ReliableServer",
     "Server",
     "Stream",
     "connect",
@@ -66,6 +70,7 @@ def connect(
     options: SocketOptions | None = None,
     protocol: ProtocolOptions | None = None,
     hooks: Hooks | None = None,
+    rudp: None = None,
 ) -> Connection: ...
 
 
@@ -81,7 +86,24 @@ def connect(
     options: SocketOptions | None = None,
     protocol: ProtocolOptions | None = None,
     hooks: Hooks | None = None,
+    rudp: None = None,
 ) -> Stream: ...
+
+
+@overload
+def connect(
+    url: str | Address,
+    *,
+    raw: Literal[False] = False,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    hooks: Hooks | None = None,
+    rudp: RudpOptions,
+) -> ReliableConnection: ...
 
 
 def connect(
@@ -95,14 +117,19 @@ def connect(
     options: SocketOptions | None = None,
     protocol: ProtocolOptions | None = None,
     hooks: Hooks | None = None,
-) -> Connection | Stream:
-    """Connect to ``url`` (tcp://, tls://, unix://) and complete the handshake.
+    rudp: RudpOptions | None = None,
+) -> Connection | Stream | ReliableConnection:
+    """Connect to ``url`` (tcp://, tls://, unix://, rudp://) and complete the handshake.
 
     Returns a framed ``Connection``, or a raw byte ``Stream`` with ``raw=True``. ``codec`` is
     the payload codec (or codecs, in order of preference), ``secret`` a shared secret for
-    authentication, ``tls`` TLS options (implied by tls://). Raises a ConnectError, TLSError
-    or HandshakeError subclass that says what went wrong.
+    authentication, ``tls`` TLS options (implied by tls://). A rudp:// address gives a
+    ``ReliableConnection`` (messages on channels over UDP) set up by ``rudp`` options.
+    Raises a ConnectError, TLSError or HandshakeError subclass that says what went wrong.
     """
+    if rudp is not None or is_rudp_url(url):
+        _only_rudp_args(url, raw=raw, name=name, tls=tls, protocol=protocol, hooks=hooks)
+        return connect_rudp(url, codec=codec, secret=secret, options=options, rudp=rudp)
     addr = stream_address(url)
     opts = options or SocketOptions()
     popts = merge_protocol_options(protocol, codec, secret, name)
@@ -150,6 +177,7 @@ def connect(
     return link.connection
 
 
+@overload
 def serve(
     url: str | Address | list[str | Address],
     handler: Callable[[Any], Any],
@@ -163,16 +191,59 @@ def serve(
     protocol: ProtocolOptions | None = None,
     limits: ServerLimits | None = None,
     hooks: Hooks | None = None,
-) -> Server:
+    rudp: None = None,
+) -> Server: ...
+
+
+@overload
+def serve(
+    url: str | Address | list[str | Address],
+    handler: Callable[[Any], Any],
+    *,
+    raw: bool = False,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    limits: ServerLimits | None = None,
+    hooks: Hooks | None = None,
+    rudp: RudpOptions,
+) -> ReliableServer: ...
+
+
+def serve(
+    url: str | Address | list[str | Address],
+    handler: Callable[[Any], Any],
+    *,
+    raw: bool = False,
+    codec: str | tuple[str, ...] | None = None,
+    secret: bytes | str | None = None,
+    name: str | None = None,
+    tls: TLSArg = None,
+    options: SocketOptions | None = None,
+    protocol: ProtocolOptions | None = None,
+    limits: ServerLimits | None = None,
+    hooks: Hooks | None = None,
+    rudp: RudpOptions | None = None,
+) -> Server | ReliableServer:
     """Listen on ``url`` (or several) and run ``handler(conn)`` in a worker thread per connection.
 
     ``handler`` gets a ``Connection`` (or a ``Stream`` with ``raw=True``); when it returns the
     connection is closed. Port 0 picks a free port: read ``server.addresses``. ``limits``
     protect the server (connection caps, access lists, rate limits, timeouts, ``workers`` and
     ``max_pending``: connections beyond the waiting room are refused). The server runs
-    until ``shutdown()``.
+    until ``shutdown()``. rudp:// addresses give a ``ReliableServer`` whose handlers get
+    ``ReliableConnection``s.
     """
     urls = url if isinstance(url, list) else [url]
+    if rudp is not None or any(is_rudp_url(u) for u in urls):
+        for one in urls:
+            _only_rudp_args(one, raw=raw, name=name, tls=tls, protocol=protocol, hooks=hooks)
+        return serve_rudp(
+            urls, handler, codec=codec, secret=secret, options=options, limits=limits, rudp=rudp
+        )
     addrs = [stream_address(u) for u in urls]
     schemes = {a.scheme for a in addrs}
     if "tls" in schemes and len(schemes) > 1:
@@ -199,6 +270,15 @@ def serve(
         raise
     server._launch()
     return server
+
+
+def _only_rudp_args(url: str | Address, **given: Any) -> None:
+    """Refuse arguments that mean nothing over rudp://, and rudp options on other schemes."""
+    if not is_rudp_url(url):
+        raise ConfigError(f"rudp= options need a rudp:// address, not {url}")
+    extra = [name for name, value in given.items() if value not in (None, False)]
+    if extra:
+        raise ConfigError(f"rudp:// does not take {', '.join(extra)}= (see RudpOptions)")
 
 
 def open_datagram(
