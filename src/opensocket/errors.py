@@ -40,6 +40,12 @@ The tree::
     ├── SendBufferFull (BlockingIOError)       a reliable-UDP send buffer is full: wait, retry
     ├── RequestAborted (ConnectionError)       the replier's link was lost; not retryable
     ├── BenchFailed                            a bench test was refused, could not run or was cut
+    ├── TransferError                          a file transfer failed (the message says what to do)
+    │   ├── TransferProtocolError              the peer broke the protocol (also ProtocolError)
+    │   ├── PathRefused                        a sender's path would leave the destination folder
+    │   ├── DiskFull (OSError)                 not enough free space, before or during a transfer
+    │   ├── CodeMismatch                       the code phrases differ (also AuthenticationFailed)
+    │   └── PeerFailed                         the other side reported an error and stopped
     ├── ConnectionClosed (ConnectionError)     the connection is closed (has .code, .reason)
     │   ├── ConnectionClosedOK                 closed normally
     │   └── ConnectionClosedError              closed by an error, a timeout or a lost link
@@ -66,6 +72,7 @@ __all__ = [
     "CertificateExpired",
     "ChecksumMismatch",
     "CloseCode",
+    "CodeMismatch",
     "CodecError",
     "ConfigError",
     "ConnectError",
@@ -75,6 +82,7 @@ __all__ = [
     "ConnectionClosedOK",
     "ConnectionRefused",
     "ConnectionRejected",
+    "DiskFull",
     "FrameTooLarge",
     "HandshakeError",
     "HandshakeTimeout",
@@ -88,6 +96,8 @@ __all__ = [
     "NotTLS",
     "OpenSocketError",
     "OperationTimeout",
+    "PathRefused",
+    "PeerFailed",
     "ProtocolError",
     "QueueFull",
     "ReadTimeout",
@@ -98,6 +108,8 @@ __all__ = [
     "TLSError",
     "TLSHandshakeError",
     "TooManyRedirects",
+    "TransferError",
+    "TransferProtocolError",
     "UnexpectedFrame",
     "UnknownCA",
     "UnsupportedVersion",
@@ -321,6 +333,33 @@ class BodyTooLarge(HttpError):
 
 class BenchFailed(OpenSocketError):
     """A bench test could not run, was refused by the server or was cut short."""
+
+
+class TransferError(OpenSocketError):
+    """A file transfer failed."""
+
+
+class TransferProtocolError(TransferError, ProtocolError):
+    """The peer sent something the transfer protocol does not allow."""
+
+
+class PathRefused(TransferError):
+    """A path from the sender would leave the destination folder, or is not a valid name."""
+
+
+class DiskFull(TransferError, OSError):
+    """The destination has not enough free space."""
+
+    def __str__(self) -> str:
+        return str(self.strerror or super().__str__())
+
+
+class CodeMismatch(TransferError, AuthenticationFailed):
+    """The two sides were given different code phrases."""
+
+
+class PeerFailed(TransferError):
+    """The other side reported an error and stopped the transfer."""
 
 
 class ConnectionClosed(OpenSocketError, ConnectionError):

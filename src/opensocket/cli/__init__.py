@@ -35,6 +35,8 @@ COMMANDS = (
     "listen",
     "cert",
     "http",
+    "send",
+    "receive",
     "scan",
     "ping",
     "stat",
@@ -45,16 +47,14 @@ _MODULES = {
     "connect": "pipe",
     "listen": "pipe",
     "echo serve": "echo",
+    "send": "transfer",
+    "receive": "transfer",
     "bench serve": "bench",
     "proxy ctl": "proxy",
 }
 # Two-word commands have a parser of their own, not listed among COMMAND's choices;
 # 'echo --help' points to 'echo serve'.
-_NESTED = (
-    "echo serve",
-    "bench serve",
-    "proxy ctl",
-)
+_NESTED = ("echo serve", "bench serve", "proxy ctl")
 
 
 class UsageError(Exception):
