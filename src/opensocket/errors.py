@@ -27,6 +27,7 @@ The tree::
     │   ├── UnexpectedFrame
     │   ├── CodecError                         a payload failed to encode or decode
     │   ├── MalformedEnvelope                  a messaging-pattern frame is not valid
+    │   ├── InvalidChatMessage                 a chat command/event is invalid (in opensocket.chat)
     │   └── HandshakeError
     │       ├── HandshakeTimeout (TimeoutError)
     │       ├── AuthenticationFailed
