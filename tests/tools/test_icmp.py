@@ -265,6 +265,16 @@ def test_summary_with_loss_duplicates_and_errors() -> None:
     assert PingStats().summary_lines(0) == ["0 packets transmitted, 0 received"]
 
 
+def test_summary_without_replies_has_null_rtt() -> None:
+    stats = PingStats(transmitted=2)
+    stats.add(PingTimeout(1))
+    stats.add(PingError(2, "Destination Port Unreachable"))
+    summary = stats.as_dict()
+    assert "rtt_ms" in summary  # JSON consumers read the key without testing for it
+    assert summary["rtt_ms"] is None
+    assert summary["loss_percent"] == 100.0
+
+
 @pytest.mark.parametrize(
     ("us", "text"),
     [(45, "0.045"), (999, "0.999"), (1000, "1.00"), (1234, "1.23"), (9994, "9.99"),

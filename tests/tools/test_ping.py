@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 
 from opensocket.cli import main
 from opensocket.cli.echo import EchoService
-from opensocket.errors import ConfigError, NameResolutionError
+from opensocket.errors import AddressError, ConfigError, NameResolutionError
 from opensocket.tools._icmp import PingError, PingReply, PingStats, PingTimeout
 from opensocket.tools.ping import Pinger, aping, ping
 
@@ -173,7 +174,9 @@ def test_silence_times_out() -> None:
     ("kwargs", "message"),
     [
         ({"count": 0}, "count must be at least 1"),
-        ({"interval": -1}, "interval must be 0 or more"),
+        ({"interval": -1}, "interval must be >= 0"),
+        ({"interval": 0.001, "count": None}, "an interval below 0.002 s needs a count"),
+        ({"mode": "tcp", "port": 80, "icmp_socket": "raw"}, "icmp_socket applies to icmp"),
         ({"timeout": 0}, "timeout must be a positive"),
         ({"size": 70000}, "size must be between 0 and 65507"),
         ({"mode": "tcp"}, "tcp pings need a port"),
@@ -188,6 +191,39 @@ def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
 def test_unknown_host() -> None:
     with pytest.raises(NameResolutionError, match="cannot resolve"):
         ping("no-such-host.invalid", count=1)
+
+
+@pytest.mark.parametrize(
+    ("host", "family", "message"),
+    [
+        ("::1", socket.AF_INET, "::1 is an IPv6 address and IPv4 was asked for"),
+        ("127.0.0.1", socket.AF_INET6, "127.0.0.1 is an IPv4 address and IPv6 was asked for"),
+    ],
+)
+def test_literal_of_the_other_family_is_an_address_error(
+    host: str, family: int, message: str
+) -> None:
+    with pytest.raises(AddressError) as info:
+        ping(host, count=1, family=family)
+    assert str(info.value) == message
+
+
+def test_icmp_socket_kind_reaches_the_pinger() -> None:
+    report = ping("127.0.0.1", icmp_socket="raw", **FAST)
+    assert report.stats.received == 3
+    # the datagram kind works exactly when ping_group_range holds our group: proves it is used
+    with open("/proc/sys/net/ipv4/ping_group_range") as handle:
+        low, high = map(int, handle.read().split())
+    if low <= os.getgid() <= high:
+        assert ping("127.0.0.1", icmp_socket="dgram", **FAST).stats.received == 3
+    else:
+        with pytest.raises(ConfigError, match="unprivileged ICMP sockets are disabled"):
+            ping("127.0.0.1", icmp_socket="dgram", **FAST)
+
+
+async def test_aping_takes_the_icmp_socket_kind() -> None:
+    events = [e async for e in aping("::1", icmp_socket="raw", **FAST)]
+    assert [e.seq for e in events if isinstance(e, PingReply)] == [1, 2, 3]
 
 
 # ---- the command line ------------------------------------------------------------------------
@@ -277,6 +313,70 @@ def test_cli_usage_errors_exit_2(argv: list[str]) -> None:
     assert main(["ping", "127.0.0.1", *argv]) == 2
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-c", "0"], "-c/--count must be at least 1 (got 0)"),
+        (["-W", "0"], "-W/--timeout must be a positive number (got 0)"),
+        (["-i", "-1"], "-i/--interval must be >= 0 seconds (got -1)"),
+        (["-i", "0.001"], "-i/--interval below 0.002 s needs -c COUNT"),
+        (["-s", "-1"], "-s/--size must be between 0 and 65507 bytes (got -1)"),
+        (["-s", "70000"], "-s/--size must be between 0 and 65507 bytes (got 70000)"),
+        (["--udp", "9", "-s", "65500"], "-s/--size must be between 0 and 65499 bytes"),
+        (["--tcp", "80", "-s", "1000"], "-s/--size does not apply to --tcp"),
+        (["--tcp", "80", "--icmp-socket", "raw"], "--icmp-socket does not apply to --tcp"),
+        (["--udp", "80", "--icmp-socket", "raw"], "--icmp-socket applies to ICMP pings only"),
+    ],
+)
+def test_cli_option_errors_name_the_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ping", "127.0.0.1", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["no-such-host.invalid"], "cannot resolve 'no-such-host.invalid'"),
+        (["-4", "::1"], "::1 is an IPv6 address and IPv4 was asked for"),
+        (["-6", "127.0.0.1"], "127.0.0.1 is an IPv4 address and IPv6 was asked for"),
+    ],
+)
+def test_cli_unusable_host_exits_2_like_iputils(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ping", *argv, "-c", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    if "-4" in argv or "-6" in argv:
+        assert "DNS" not in err  # a literal address was never looked up
+
+
+def test_cli_fast_interval_with_a_count(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ping", "127.0.0.1", "-i", "0.001", "-c", "3", "-q"]) == 0
+    assert "3 packets transmitted, 3 received" in capsys.readouterr().out
+
+
+def test_cli_quiet_json_is_the_summary_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ping", "127.0.0.1", "-c", "3", "-i", "0", "-q", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    summary = json.loads(line)
+    assert (summary["event"], summary["transmitted"], summary["received"]) == ("summary", 3, 3)
+
+
+@pytest.mark.parametrize("size", [56, 9000])
+async def test_cli_udp_banner_and_replies_count_the_same_bytes(
+    size: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with udp_echo("127.0.0.1") as port:
+        argv = ["ping", "127.0.0.1", "--udp", str(port), "-c", "2", "-i", "0", "-s", str(size)]
+        assert await asyncio.to_thread(main, argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"UDP echo, {size + 8} bytes")
+    assert lines[1].startswith(f"{size + 8} bytes from 127.0.0.1 port {port}: udp_seq=1 ")
+
+
 def test_ctrl_c_prints_the_summary() -> None:
     proc = subprocess.Popen(
         [*CLI, "ping", "127.0.0.1", "-i", "0.05"], stdout=subprocess.PIPE, text=True
@@ -348,7 +448,7 @@ def test_cli_json_timeouts_and_errors(capsys: pytest.CaptureFixture[str]) -> Non
     docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert docs[:2] == [{"event": "timeout", "seq": 1}, {"event": "timeout", "seq": 2}]
     assert (docs[2]["event"], docs[2]["received"], docs[2]["exit"]) == ("summary", 0, 1)
-    assert "rtt_ms" not in docs[2]
+    assert docs[2]["rtt_ms"] is None  # present, null: nothing came back
     closed = str(closed_port())
     assert main(["ping", "127.0.0.1", "--tcp", closed, "-c", "1", "--json"]) == 1
     error = json.loads(capsys.readouterr().out.splitlines()[0])
@@ -363,7 +463,7 @@ def test_cli_udp_and_timeout_lines(capsys: pytest.CaptureFixture[str]) -> None:
         port = silent.getsockname()[1]
         assert main(["ping", "127.0.0.1", "--udp", str(port), "-c", "1", "-W", "0.05"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"PING 127.0.0.1 (127.0.0.1) port {port}: UDP echo, 72 bytes"
+    assert lines[0] == f"PING 127.0.0.1 (127.0.0.1) port {port}: UDP echo, 64 bytes"
     assert lines[1] == "no answer yet for udp_seq=1"
     assert (
         lines[4]

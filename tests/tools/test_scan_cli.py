@@ -45,7 +45,7 @@ def test_table(ports: tuple[list[int], list[int]], capsys: pytest.CaptureFixture
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[0] == "scan report for 127.0.0.1"
-    assert lines[1].split() == ["PORT", "STATE", "SERVICE", "BANNER"]
+    assert lines[1].split() == ["PORT", "STATE", "SERVICE"]  # BANNER only with --banner
     rows = [line.split() for line in lines[2:8]]
     assert rows == [
         [f"{p}/tcp", "open" if p in open_ports else "closed"] for p in sorted(ports[0] + ports[1])
@@ -118,7 +118,9 @@ def test_udp_closed(capsys: pytest.CaptureFixture[str]) -> None:
         (["10.0.0.0/8", "-p", "80"], "more than 65,536"),
         (["127.0.0.1", "--timeout", "0"], "--timeout must be a positive number"),
         (["127.0.0.1", "--rate", "-5"], "--rate must be a positive number"),
-        (["127.0.0.1", "-c", "0"], "concurrency must be at least 1"),
+        (["127.0.0.1", "-c", "0"], "-c/--concurrency must be at least 1 (got 0)"),
+        (["127.0.0.1", "--retries", "-1"], "--retries must be at least 0 (got -1)"),
+        (["127.0.0.1", "--open", "--show-closed"], "--open and --show-closed contradict"),
         (["127.0.0.1", "--json", "--grep"], "not allowed with argument"),
     ],
 )
@@ -153,3 +155,66 @@ def test_subprocess(ports: tuple[list[int], list[int]]) -> None:
     host_line = done.stdout.splitlines()[1]
     assert host_line.startswith("Host: 127.0.0.1 (localhost)\tPorts: ")
     assert [int(p.split("/")[0]) for p in host_line.split("\t")[1][7:].split(", ")] == open_ports
+
+
+def test_banner_column_only_with_banner(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        port = server.getsockname()[1]
+        assert main(["scan", "127.0.0.1", "-p", str(port)]) == 0
+        assert capsys.readouterr().out.splitlines()[1].split() == ["PORT", "STATE", "SERVICE"]
+        argv = ["scan", "127.0.0.1", "-p", str(port), "--banner", "--banner-timeout", "0.05"]
+        assert main(argv) == 0
+    header = capsys.readouterr().out.splitlines()[1].split()
+    assert header == ["PORT", "STATE", "SERVICE", "BANNER"]
+
+
+def test_service_names_with_dashes_and_repeated_ports(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'http-proxy' is what scan prints for 8080: it must be accepted back; -p repeats merge
+    argv = ["scan", "127.0.0.1", "-p", "ssh,http-proxy", "-p", "-3", "-p", "7", "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["scanned"] == "1-3,7,22,8080"
+    assert doc["ports_scanned"] == 6
+
+
+def test_json_lists_closed_ports_for_small_scans(
+    ports: tuple[list[int], list[int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    open_ports, closed = ports
+    assert main(["scan", "127.0.0.1", "-p", _spec(open_ports, closed), "--json"]) == 0
+    host = json.loads(capsys.readouterr().out)["hosts"][0]
+    assert host["closed_ports"] == closed
+    # a big scan counts closed ports unless --show-closed asks for them
+    spec = f"1-30,{_spec(open_ports)}"
+    assert main(["scan", "127.0.0.1", "-p", spec, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["scanned"] == "1-30," + _spec(open_ports)
+    assert "closed_ports" not in doc["hosts"][0]
+    assert doc["hosts"][0]["closed"] == 30
+    assert main(["scan", "127.0.0.1", "-p", spec, "--json", "--show-closed"]) == 0
+    assert json.loads(capsys.readouterr().out)["hosts"][0]["closed_ports"] == list(range(1, 31))
+    assert main(["scan", "127.0.0.1", "-p", spec, "--show-closed"]) == 0
+    out = capsys.readouterr().out
+    assert "1/tcp" in out.split()
+    assert "not shown" not in out
+
+
+def test_family_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    # -4 skips an IPv6 literal with a message that names the family, not DNS
+    assert main(["scan", "-4", "::1", "127.0.0.1", "-p", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert [h["address"] for h in doc["hosts"]] == ["127.0.0.1"]
+    assert doc["unresolved"] == [
+        {"target": "::1", "error": "::1 is an IPv6 address and IPv4 was asked for"}
+    ]
+    assert "skipped ::1: ::1 is an IPv6 address" in err
+    # nothing left to scan: exit 1, as when no name resolves
+    assert main(["scan", "-6", "127.0.0.1", "-p", "1"]) == 1
+    assert "127.0.0.1 is an IPv4 address and IPv6 was asked for" in capsys.readouterr().err
+    assert main(["scan", "-6", "::1", "-p", "1", "--json"]) == 0
+    assert [h["address"] for h in json.loads(capsys.readouterr().out)["hosts"]] == ["::1"]

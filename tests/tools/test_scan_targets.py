@@ -8,6 +8,7 @@ from opensocket.errors import AddressError, ConfigError
 from opensocket.tools._targets import (
     MAX_ADDRESSES,
     Target,
+    format_ports,
     parse_ports,
     parse_target,
     parse_targets,
@@ -104,11 +105,24 @@ def test_no_targets() -> None:
         (" 22 , 25 ", (22, 25)),
         ("ssh,http", (22, 80)),
         ("ssh-telnet", (22, 23)),
+        ("ssh,http-proxy,2222", (22, 2222, 8080)),  # a name with a dash is not a range
+        ("http-proxy-8082", (8080, 8081, 8082)),
+        ("https-alt", (8443,)),
         ("65535", (65535,)),
     ],
 )
 def test_port_specs(spec: str, ports: tuple[int, ...]) -> None:
     assert parse_ports(spec) == ports
+
+
+@pytest.mark.parametrize(
+    ("ports", "spec"),
+    [((22,), "22"), ((1, 2, 3, 8080), "1-3,8080"), ((5, 1, 2, 9, 10), "1-2,5,9-10"), ((), "")],
+)
+def test_format_ports_is_compact(ports: tuple[int, ...], spec: str) -> None:
+    assert format_ports(ports) == spec
+    if ports:
+        assert parse_ports(spec) == tuple(sorted(ports))
 
 
 def test_all_ports() -> None:
@@ -131,6 +145,7 @@ def test_udp_service_names() -> None:
         ("nosuchservice", "'nosuchservice' is neither a port number nor a known service"),
         ("1-2-3", "'2-3' is neither"),
         ("-5-", "is neither"),
+        ("http-prxy", "'http-prxy' is neither a port range nor a known service name"),
     ],
 )
 def test_bad_port_specs_say_what_is_wrong(spec: str, problem: str) -> None:

@@ -349,15 +349,57 @@ def test_cli_watch_json_is_bounded(sockets: Sockets, capsys: pytest.CaptureFixtu
 
 
 def test_cli_watch_live_view() -> None:
-    done = subprocess.run(
+    """On a terminal --watch is rich's live view (run under a pseudo-terminal here)."""
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    child = subprocess.Popen(
         [*CLI, "stat", "--watch", "--count", "2", "--interval", "0.01", "--tcp"],
-        capture_output=True,
-        text=True,
-        timeout=20,
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
     )
+    os.close(terminal)
+    out = b""
+    try:
+        for _ in range(2000):  # bounded: read until the child is done and the pty drained
+            ready, _, _ = select.select([controller], [], [], 10)
+            if not ready:
+                break
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the child closed its side
+                break
+            out += chunk
+    finally:
+        os.close(controller)
+        code = child.wait(timeout=20)
+    assert code == 0
+    text = out.decode(errors="replace")
+    assert re.search(r"\d+ sockets \(refresh 2, \d\d:\d\d:\d\d\)", text)
+    assert "State" in text
+
+
+def test_cli_watch_piped_is_a_full_width_table_per_refresh() -> None:
+    path = f"/tmp/os-stat-{os.getpid()}-a-path-longer-than-a-terminal-line-" + "x" * 40
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        try:
+            server.listen(1)
+            done = subprocess.run(
+                [*CLI, "stat", "--watch", "--count", "2", "--interval", "0.01", "--unix", "-l"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+        finally:
+            os.unlink(path)
     assert done.returncode == 0, done.stderr
-    assert re.search(r"\d+ sockets \(refresh 2, \d\d:\d\d:\d\d\)", done.stdout)
-    assert "State" in done.stdout
+    titles = [line for line in done.stdout.splitlines() if line.startswith("--- refresh ")]
+    assert [t.split(",")[0] for t in titles] == ["--- refresh 1", "--- refresh 2"]
+    mine = [line for line in done.stdout.splitlines() if path in line]
+    assert len(mine) == 2  # the whole path, once per refresh: not cut to 80 columns
+    assert mine[0].split()[:4] == ["u_str", "LISTEN", "0", "1"]
 
 
 def test_cli_process_lists_a_listener(sockets: Sockets) -> None:
@@ -373,5 +415,58 @@ def test_cli_watch_in_process(sockets: Sockets, capsys: pytest.CaptureFixture[st
     argv = ["stat", "--watch", "--count", "2", "--interval", "0.01", "--pid", str(os.getpid())]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert re.search(r"10 sockets \(refresh 2, ", out)  # 9 TCP and 1 UDP
+    assert re.search(r"--- refresh 2, \d\d:\d\d:\d\d: 10 sockets", out)  # 9 TCP and 1 UDP
     assert "ESTABLISHED" in out
+
+
+def test_unix_listener_queues_are_what_ss_shows(sock_path: str) -> None:
+    # /proc/net/unix has no queues; ss (unix_diag) shows a listener's pending connections
+    # as Recv-Q and its backlog as Send-Q
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(sock_path)
+        server.listen(5)
+        clients = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+        try:
+            for client in clients:
+                client.connect(sock_path)
+            (row,) = [r for r in list_sockets(("unix",), listening=True) if r.local == sock_path]
+            ss = subprocess.run(
+                [ss_tool(), "-xlH", "src", sock_path], capture_output=True, text=True, timeout=10
+            )
+        finally:
+            for client in clients:
+                client.close()
+    assert (row.recv_q, row.send_q) == (2, 5)
+    assert ss.stdout.split()[2:4] == ["2", "5"]
+
+
+def test_cli_no_processes_drops_the_column(
+    sockets: Sockets, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["stat", "-t", "-4", "-l", "--port", str(sockets.child_port), "--no-processes"]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "Address"  # Peer Address: no PID/Program
+    assert lines[1].split() == [
+        "tcp",
+        "LISTEN",
+        "0",
+        "5",
+        f"127.0.0.1:{sockets.child_port}",
+        "0.0.0.0:*",
+    ]
+
+
+def test_cli_state_error_quotes_what_was_typed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stat", "--state", "listen,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "--state 'bogus' is not a socket state" in err
+    assert "BOGUS" not in err
+
+
+def test_cli_pid_of_no_process_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with open("/proc/sys/kernel/pid_max") as handle:
+        missing = int(handle.read()) + 1  # above pid_max: no process can have it
+    assert main(["stat", "--pid", str(missing)]) == 2
+    assert f"--pid {missing}: no such process" in capsys.readouterr().err

@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from opensocket.tools._stat_netlink import SOCK_DIAG_BY_FAMILY, parse, request
+from opensocket.tools._stat_netlink import (
+    SOCK_DIAG_BY_FAMILY,
+    parse,
+    parse_unix,
+    request,
+    unix_request,
+)
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="vectors are little-endian")
 
@@ -52,3 +58,37 @@ def test_an_error_reply_raises() -> None:
     with pytest.raises(OSError, match="sock_diag") as info:
         parse(error)
     assert info.value.errno == 2
+
+
+def test_unix_request_bytes() -> None:
+    data = unix_request(seq=3)
+    assert len(data) == 16 + 24
+    assert data[:16] == bytes.fromhex("28000000140001030300000000000000")
+    # family 1 (AF_UNIX), every state, any inode, show RQLEN (0x10)
+    assert data[16:] == bytes.fromhex("01000000ffffffff00000000100000000000000000000000")
+
+
+def unix_message(inode: int, attrs: bytes) -> bytes:
+    body = bytes([socket.AF_UNIX, socket.SOCK_STREAM, 10, 0]) + struct.pack("=I", inode)
+    body += bytes(8) + attrs
+    return struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, 2, 1, 0) + body
+
+
+def attr(kind: int, value: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(value), kind) + value
+    return raw + bytes(-len(raw) % 4)
+
+
+def test_parse_unix_queue_lengths() -> None:
+    done = struct.pack("=IHHII", 20, 3, 2, 1, 0) + bytes(4)
+    rqlen = attr(4, struct.pack("=II", 2, 5))
+    data = (
+        unix_message(77, attr(0, b"/run/x\0") + rqlen)  # the name attribute comes first
+        + unix_message(78, attr(7, struct.pack("=I", 0)))  # no RQLEN: not listed
+        + done
+    )
+    assert parse_unix(data) == ({77: (2, 5)}, True)
+    assert parse_unix(data[:-20]) == ({77: (2, 5)}, False)
+    error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -2) + bytes(16)
+    with pytest.raises(OSError, match="unix_diag"):
+        parse_unix(error)

@@ -7,9 +7,10 @@ import socket
 import sys
 from typing import Any, Final
 
+from ..errors import ConfigError, NameResolutionError
 from ..tools._icmp import PingError, PingEvent, PingReply, PingTimeout, format_ms
-from ..tools.ping import Mode, Pinger
-from ._common import print_json
+from ..tools.ping import MIN_INTERVAL, Mode, Pinger
+from ._common import check_at_least, check_positive, print_json
 
 NAME: Final = "ping"
 HELP: Final = "ping a host: ICMP echo, TCP connect (--tcp PORT) or UDP echo (--udp PORT)"
@@ -28,15 +29,26 @@ output and exit code as with iputils ping: one line per reply, then
   N packets transmitted, M received, X% packet loss, time Tms
   rtt min/avg/max/mdev = a/b/c/d ms
 Ctrl-C ends the run with the summary. Exit code 0 when any reply came back, 1 when none did,
-2 for bad options. Times come from kernel receive timestamps. A probe without an answer
-within -W seconds is lost ('no answer yet for icmp_seq=N'); later answers are ignored.
+2 for bad options, a host that does not resolve, or an address of the other family than
+-4/-6 ask for. Times come from kernel receive timestamps. A probe without an answer within
+-W seconds is lost ('no answer yet for icmp_seq=N'); later answers are ignored.
+
+interval: -i 0 sends the next probe as soon as the previous one is sent (no wait for the
+answer). Below 0.002 s (iputils' floor for users) -c is required, so a fast run always ends.
+
+sizes: -s is the payload. ICMP lines count the ICMP message (payload + 8); UDP lines and
+the UDP banner count the UDP datagram's payload (opensocket's 8-byte probe header + -s).
+-s and --icmp-socket do not apply to --tcp (it times a connect: no payload, no ICMP).
+
+--json: one object per reply, error or timeout, then the summary (with -q: the summary
+only); the summary's rtt_ms is null when no reply came back.
 
 examples:
   opensocket ping 127.0.0.1 -c 4
   opensocket ping -6 localhost -c 3 -i 0.2
   opensocket ping example.com --tcp 443 -c 5
   opensocket echo serve udp://127.0.0.1:9000 &  opensocket ping 127.0.0.1 --udp 9000 -c 3
-  opensocket ping 127.0.0.1 -c 10 -i 0.01 -q --json
+  opensocket ping 127.0.0.1 -c 10 -i 0.01 -q --json   # one line: the summary
 """
 
 
@@ -51,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         metavar="INTERVAL",
-        help="seconds between probes (default: 1)",
+        help=f"seconds between probes (default: 1; below {MIN_INTERVAL:g} only with -c)",
     )
     parser.add_argument(
         "-W",
@@ -65,9 +77,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-s",
         "--size",
         type=int,
-        default=56,
         metavar="SIZE",
-        help="payload bytes (default: 56; ICMP adds 8, UDP probes 8 more)",
+        help="payload bytes (default: 56; ICMP and UDP probes add an 8-byte header)",
     )
     family = parser.add_mutually_exclusive_group()
     family.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
@@ -80,31 +91,64 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--icmp-socket",
         choices=("auto", "raw", "dgram"),
-        default="auto",
         help="ICMP socket kind (default: auto: raw, else unprivileged datagram)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only the summary")
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per answer, then the summary"
     )
+    # -4/-6 make argparse read every negative number as an option, so '-i -1' would not
+    # parse at all; exact options still match before this rule applies.
+    parser._has_negative_number_optionals.clear()
 
 
 def _family(args: argparse.Namespace) -> int:
     return {4: socket.AF_INET, 6: socket.AF_INET6}.get(args.family or 0, 0)
 
 
+def _mode(args: argparse.Namespace) -> Mode:
+    return "tcp" if args.tcp is not None else "udp" if args.udp is not None else "icmp"
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Option errors naming the flag typed (the library names its keyword arguments)."""
+    check_at_least(args.count, "-c/--count", 1)
+    if args.interval < 0:
+        raise ConfigError(f"-i/--interval must be >= 0 seconds (got {args.interval:g})")
+    if args.interval < MIN_INTERVAL and args.count is None:
+        raise ConfigError(
+            f"-i/--interval below {MIN_INTERVAL:g} s needs -c COUNT, or the ping floods "
+            f"without end (got {args.interval:g})"
+        )
+    check_positive(args.timeout, "-W/--timeout")
+    limit = 65507 - 8 if args.udp is not None else 65507  # an IPv4 datagram's room
+    if args.size is not None and not 0 <= args.size <= limit:
+        raise ConfigError(f"-s/--size must be between 0 and {limit} bytes (got {args.size})")
+    if _mode(args) == "tcp":
+        flags = (("-s/--size", args.size), ("--icmp-socket", args.icmp_socket))
+        given = [flag for flag, value in flags if value is not None]
+        if given:
+            verb = "does" if len(given) == 1 else "do"
+            raise ConfigError(
+                f"{' and '.join(given)} {verb} not apply to --tcp "
+                "(it times a connect: no payload, no ICMP)"
+            )
+    if args.udp is not None and args.icmp_socket is not None:
+        raise ConfigError("--icmp-socket applies to ICMP pings only, not to --udp")
+
+
 def _pinger(args: argparse.Namespace) -> Pinger:
-    mode: Mode = "tcp" if args.tcp is not None else "udp" if args.udp is not None else "icmp"
+    mode = _mode(args)
     return Pinger(
         args.host,
         count=args.count,
         interval=args.interval,
         timeout=args.timeout,
-        size=args.size,
+        size=56 if args.size is None else args.size,
         mode=mode,
         port=args.tcp if args.tcp is not None else args.udp,
         family=_family(args),
-        icmp_socket=args.icmp_socket,
+        icmp_socket=args.icmp_socket or "auto",
     )
 
 
@@ -114,7 +158,7 @@ def _banner(pinger: Pinger) -> str:
     if pinger.report.mode == "tcp":
         return f"PING {name} ({target.address}) port {target.port}: TCP connect"
     if pinger.report.mode == "udp":
-        return f"PING {name} ({target.address}) port {target.port}: UDP echo, {size + 16} bytes"
+        return f"PING {name} ({target.address}) port {target.port}: UDP echo, {size + 8} bytes"
     if target.v6:
         return f"PING {name}({target.address}) {size} data bytes"
     return f"PING {name} ({target.address}) {size}({size + 28}) bytes of data."
@@ -170,7 +214,8 @@ def _run(args: argparse.Namespace, pinger: Pinger) -> bool:
     try:
         for event in pinger:
             if args.json:
-                print_json(_json_event(event))
+                if not args.quiet:
+                    print_json(_json_event(event))
             elif not args.quiet or isinstance(event, PingError):
                 print(_line(pinger, event), flush=True)
     except KeyboardInterrupt:
@@ -180,7 +225,13 @@ def _run(args: argparse.Namespace, pinger: Pinger) -> bool:
 
 def execute(args: argparse.Namespace) -> int:
     """Ping until COUNT probes are answered or lost (or Ctrl-C); print the summary."""
-    with _pinger(args) as pinger:
+    _check(args)
+    try:
+        pinger = _pinger(args)
+    except NameResolutionError as exc:
+        # iputils exits 2 when the host does not resolve: it is the command line that is wrong
+        raise ConfigError(str(exc)) from exc
+    with pinger:
         if not args.json:
             print(_banner(pinger), flush=True)
         interrupted = _run(args, pinger)

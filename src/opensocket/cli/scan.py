@@ -9,16 +9,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import resource
+import socket
 import sys
 from collections.abc import Iterator
 from typing import Final
 
 from .. import __version__, aio
+from ..errors import ConfigError
 from ..tools.scan import (
     DEFAULT_BANNER_TIMEOUT,
     DEFAULT_CONCURRENCY,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
+    LIST_CLOSED_UP_TO,
     HostReport,
     PortResult,
     PortState,
@@ -26,20 +29,26 @@ from ..tools.scan import (
     ScanReport,
     scan,
 )
-from ._common import add_uvloop_arg, check_positive, print_json
+from ._common import add_uvloop_arg, check_at_least, check_positive, print_json
 
 __all__ = ["HELP", "NAME", "configure", "execute", "format_grep", "format_table"]
 
 NAME: Final = "scan"
 HELP: Final = "scan ports: TCP connect (like nmap -sT) or UDP (--udp), with banners and JSON"
-LIST_CLOSED_UP_TO: Final = 25  # like nmap: list closed ports only for small scans
 BANNER_WIDTH: Final = 60
 
 _EPILOG: Final = """\
 targets: host names, IPv4/IPv6 addresses, ranges (127.0.0.1-5, 127.0.0.1-127.0.0.9) and CIDR
 blocks (127.0.0.0/30, one address per host as nmap does). Ports: 22,80,8000-8100, '-' for
-all 65535, -1024, 60000-, or service names (ssh,http). Without --ports: 1-1024 and the
-well-known ports above 1024 (TCP), or the well-known UDP ports (--udp).
+all 65535, -1024, 60000-, or service names as printed (ssh,http-proxy); -p may be repeated
+(the lists are merged). Without --ports: 1-1024 and the well-known ports above 1024 (TCP),
+or the well-known UDP ports (--udp). Host names resolve to IPv4 first, as with nmap; -6
+scans their IPv6 address instead, and -4/-6 skip literal addresses of the other family.
+
+output: closed ports are listed (table and --json "closed_ports") when at most 25 ports
+were scanned, or always with --show-closed; otherwise they are counted. --json has the
+scanned ports as a compact spec ("scanned": "1-1024,8080"). The BANNER column appears
+with --banner.
 
 states: open (connected / UDP answered), closed (refused / ICMP port unreachable), filtered
 (no answer after --retries, or an ICMP unreachable), open|filtered (UDP: silence). A port that
@@ -53,6 +62,7 @@ a bad target, port spec or option.
 examples:
   opensocket scan 127.0.0.1                        # the default ports
   opensocket scan localhost -p 22,80,8000-8100
+  opensocket scan localhost -p ssh,http-proxy -p 9000   # names as scan prints them
   opensocket scan 127.0.0.1 -p- --open             # every port, only open ones shown
   opensocket scan ::1 127.0.0.1-3 -p 1-1024 --json
   opensocket scan 127.0.0.1 -p 22,25,80 --banner   # read what each open port says first
@@ -70,8 +80,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-p",
         "--ports",
         metavar="SPEC",
-        help="ports: 22,80,8000-8100, '-' for all (default: well-known)",
+        action="append",
+        help="ports: 22,80,8000-8100, '-' for all; repeatable (default: well-known)",
     )
+    family = parser.add_mutually_exclusive_group()
+    family.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
+    family.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
     parser.add_argument("--udp", action="store_true", help="UDP scan instead of TCP connect")
     parser.add_argument(
         "--timeout",
@@ -110,11 +124,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"wait this long for a banner (default: {DEFAULT_BANNER_TIMEOUT:g})",
     )
     parser.add_argument("--open", action="store_true", help="show only open ports")
+    parser.add_argument(
+        "--show-closed",
+        action="store_true",
+        help=f"list closed ports too (default: only when at most {LIST_CLOSED_UP_TO} are scanned)",
+    )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON document")
     out.add_argument("--grep", action="store_true", help="grep-able lines (like nmap -oG -)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_uvloop_arg(parser)
+    # -4/-6 make argparse read every negative number as an option: '-p -1024' and
+    # '--retries -1' would not parse. Exact options still match before this rule applies.
+    parser._has_negative_number_optionals.clear()
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -122,25 +144,36 @@ def execute(args: argparse.Namespace) -> int:
     check_positive(args.timeout, "--timeout")
     check_positive(args.rate, "--rate")
     check_positive(args.banner_timeout, "--banner-timeout")
+    check_at_least(args.concurrency, "-c/--concurrency", 1)
+    check_at_least(args.retries, "--retries", 0)
+    if args.open and args.show_closed:
+        raise ConfigError("--open and --show-closed contradict each other: choose one")
     _raise_fd_limit(args.concurrency)
     with _progress_bar(args) as progress:
         report = aio.run(_scan(args, progress), use_uvloop=not args.no_uvloop)
     for target, why in report.unresolved:
         print(f"opensocket scan: warning: skipped {target}: {why}", file=sys.stderr)
+    show_closed = True if args.show_closed else None
     if args.json:
-        print_json(report.to_dict(open_only=args.open))
+        print_json(report.to_dict(open_only=args.open, show_closed=show_closed))
     elif args.grep:
         sys.stdout.write(format_grep(report, open_only=args.open))
     else:
-        sys.stdout.write(format_table(report, open_only=args.open))
+        table = format_table(
+            report, open_only=args.open, show_closed=args.show_closed, banner=args.banner
+        )
+        sys.stdout.write(table)
     sys.stdout.flush()
     return 0
+
+
+_FAMILIES: Final = {0: 0, 4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 async def _scan(args: argparse.Namespace, progress: Progress | None) -> ScanReport:
     return await scan(
         args.targets,
-        args.ports,
+        ",".join(args.ports) if args.ports else None,
         timeout=args.timeout,
         concurrency=args.concurrency,
         rate=args.rate,
@@ -148,6 +181,7 @@ async def _scan(args: argparse.Namespace, progress: Progress | None) -> ScanRepo
         banner=args.banner,
         banner_timeout=args.banner_timeout,
         udp=args.udp,
+        family=_FAMILIES[args.family or 0],
         progress=progress,
     )
 
@@ -201,28 +235,31 @@ def _banner_text(banner: bytes | None, width: int = BANNER_WIDTH) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def _shown(host: HostReport, open_only: bool) -> list[PortResult]:
+def _shown(host: HostReport, open_only: bool, show_closed: bool) -> list[PortResult]:
     if open_only:
         return [r for r in host.ports if r.state is PortState.OPEN]
-    return list(host.results(include_closed=len(host.scanned) <= LIST_CLOSED_UP_TO))
+    closed = show_closed or len(host.scanned) <= LIST_CLOSED_UP_TO
+    return list(host.results(include_closed=closed))
 
 
 def _host_name(host: HostReport) -> str:
     return f"{host.hostname} ({host.address})" if host.hostname else host.address
 
 
-def _host_table(host: HostReport, open_only: bool) -> list[str]:
-    rows = [
+def _host_table(host: HostReport, open_only: bool, show_closed: bool, banner: bool) -> list[str]:
+    rows: list[tuple[str, ...]] = [
         (f"{r.port}/{r.protocol}", str(r.state), r.service or "", _banner_text(r.banner))
-        for r in _shown(host, open_only)
+        for r in _shown(host, open_only, show_closed)
     ]
+    if not banner:
+        rows = [row[:3] for row in rows]
     lines = [f"scan report for {_host_name(host)}"]
     if rows:
-        header = ("PORT", "STATE", "SERVICE", "BANNER")
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+        header = ("PORT", "STATE", "SERVICE", "BANNER")[: len(rows[0])]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
         for row in [header, *rows]:
-            cells = [row[i].ljust(widths[i]) for i in range(3)]
-            lines.append("  ".join([*cells, row[3]]).rstrip())
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            lines.append("  ".join([*cells, row[-1]]).rstrip())
     hidden = len(host.scanned) - len(rows)
     if hidden:
         what = "ports that are not open" if open_only else f"closed {host.protocol} ports"
@@ -230,11 +267,14 @@ def _host_table(host: HostReport, open_only: bool) -> list[str]:
     return lines
 
 
-def format_table(report: ScanReport, *, open_only: bool = False) -> str:
-    """The human-readable report: a table per host and a summary line."""
+def format_table(
+    report: ScanReport, *, open_only: bool = False, show_closed: bool = False, banner: bool = False
+) -> str:
+    """The human-readable report: a table per host (BANNER column with ``banner``) and a
+    summary line."""
     lines: list[str] = []
     for host in report.hosts:
-        lines += [*_host_table(host, open_only), ""]
+        lines += [*_host_table(host, open_only, show_closed, banner), ""]
     count = len(report.hosts)
     lines.append(
         f"scanned {count} host{'s' if count != 1 else ''}, {len(report.ports)} "

@@ -6,6 +6,7 @@ Started often and expected to be quick: nothing heavy is imported unless ``--wat
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +27,12 @@ address and port; --tcp, --udp and --unix choose protocols (combine them). The p
 is PID/name of each process holding the socket (a socket shared after fork has several);
 sockets of processes you may not inspect show none (run as root to see every owner).
 States are named as netstat does (ESTABLISHED, TIME_WAIT, ...); --state also takes ss
-spellings (estab, time-wait). UDP and Unix sockets without a peer are UNCONN.
+spellings (estab, time-wait). UDP and Unix sockets without a peer are UNCONN. Recv-Q and
+Send-Q are as in ss: bytes queued, and for a listener the connections waiting for accept()
+and the backlog (Unix sockets too, from the kernel's unix_diag). --no-processes drops the
+PID/Program column. --pid of a process that does not exist is an error (exit 2).
+--watch redraws in place on a terminal; piped (without --json) it prints a full-width
+table per refresh, each after a '--- refresh N ...' line.
 
 examples:
   opensocket stat                       # every TCP and UDP socket
@@ -97,13 +103,14 @@ def _protocols(args: argparse.Namespace) -> list[str]:
 def _states(args: argparse.Namespace) -> list[str]:
     from ..tools.stat import STATES
 
-    states = [normalize_state(s) for text in args.state for s in text.split(",") if s.strip()]
-    for state in states:
-        if state not in STATES:
+    typed = [s.strip() for text in args.state for s in text.split(",") if s.strip()]
+    for text in typed:
+        if normalize_state(text) not in STATES:
             raise ConfigError(
-                f"--state {state!r} is not a socket state: one of {', '.join(STATES)}"
+                f"--state {text!r} is not a socket state: one of {', '.join(STATES)}"
+                " (or ss spellings: estab, time-wait, ...)"
             )
-    return states
+    return [normalize_state(text) for text in typed]
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -119,6 +126,21 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--count applies to --watch only")
     if args.no_processes and args.pid is not None:
         raise ConfigError("--pid needs the process lookup: drop --no-processes")
+    if args.pid is not None and not _process_exists(args.pid):
+        raise ConfigError(f"--pid {args.pid}: no such process (check the PID, e.g. with ps)")
+
+
+def _process_exists(pid: int) -> bool:
+    """Signal 0 checks that a process exists without sending anything."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _rows(args: argparse.Namespace, protocols: list[str], states: list[str]) -> list[SocketRow]:
@@ -139,15 +161,20 @@ def _process(row: SocketRow) -> str:
 _HEADERS = ("Proto", "State", "Recv-Q", "Send-Q", "Local Address", "Peer Address", "PID/Program")
 
 
-def _cells(row: SocketRow) -> tuple[str, ...]:
+def _cells(row: SocketRow, processes: bool = True) -> tuple[str, ...]:
     proto = f"u_{row.kind[:3]}" if row.proto == "unix" else row.proto
     remote = "*" if row.proto == "unix" else row.remote
-    return (proto, row.state, str(row.recv_q), str(row.send_q), row.local, remote, _process(row))
+    cells = (proto, row.state, str(row.recv_q), str(row.send_q), row.local, remote)
+    return (*cells, _process(row)) if processes else cells
 
 
-def format_table(rows: Sequence[SocketRow]) -> str:
-    """Aligned plain-text columns, netstat style."""
-    table = [_HEADERS, *(_cells(r) for r in rows)]
+def _headers(processes: bool) -> tuple[str, ...]:
+    return _HEADERS if processes else _HEADERS[:-1]
+
+
+def format_table(rows: Sequence[SocketRow], *, processes: bool = True) -> str:
+    """Aligned plain-text columns, netstat style (PID/Program only with ``processes``)."""
+    table = [_headers(processes), *(_cells(r, processes) for r in rows)]
     widths = [max(map(len, column)) for column in zip(*table, strict=True)][:-1]
     line = " ".join(f"{{:<{w}}}" for w in widths) + " {}"  # one format string for every row
     return "\n".join(line.format(*cells).rstrip() for cells in table)
@@ -173,7 +200,7 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-def _render(rows: Sequence[SocketRow], refresh: int) -> RenderableType:
+def _render(rows: Sequence[SocketRow], refresh: int, processes: bool) -> RenderableType:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -185,34 +212,49 @@ def _render(rows: Sequence[SocketRow], refresh: int) -> RenderableType:
         summary.add_column(state, justify="right")
     summary.add_row(*(str(n) for n in counts.values()))
     listing = Table(show_edge=False, pad_edge=False)
-    for header in _HEADERS:
+    for header in _headers(processes):
         listing.add_column(header)
     for row in rows[:200]:  # a screenful is what a live view can show
-        listing.add_row(*_cells(row))
+        listing.add_row(*_cells(row, processes))
     return Group(title, summary, listing)
 
 
-def _watch(args: argparse.Namespace, protocols: list[str], states: list[str]) -> int:
+def _stream(args: argparse.Namespace, protocols: list[str], states: list[str]) -> int:
+    """--watch into a pipe or file: a line of JSON, or a full-width table, per refresh."""
     refresh = 0
-    if args.json:
-        try:
-            while args.count is None or refresh < args.count:
-                if refresh:
-                    time.sleep(args.interval)
-                refresh += 1
-                _write(_json({"refresh": refresh, **_document(_rows(args, protocols, states))}))
-        except KeyboardInterrupt:
-            pass
-        return 0
+    processes = not args.no_processes
+    try:
+        while args.count is None or refresh < args.count:
+            if refresh:
+                time.sleep(args.interval)
+            refresh += 1
+            rows = _rows(args, protocols, states)
+            if args.json:
+                _write(_json({"refresh": refresh, **_document(rows)}))
+            else:
+                title = f"--- refresh {refresh}, {time.strftime('%H:%M:%S')}: {len(rows)} sockets"
+                _write(title + "\n" + format_table(rows, processes=processes))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _watch(args: argparse.Namespace, protocols: list[str], states: list[str]) -> int:
+    if args.json or not sys.stdout.isatty():
+        # rich would squeeze a table into 80 columns when stdout is not a terminal
+        return _stream(args, protocols, states)
     from rich.live import Live
 
-    with Live(_render([], 0), auto_refresh=False, redirect_stdout=False) as live:
+    refresh = 0
+    processes = not args.no_processes
+    with Live(_render([], 0, processes), auto_refresh=False, redirect_stdout=False) as live:
         try:
             while args.count is None or refresh < args.count:
                 if refresh:
                     time.sleep(args.interval)
                 refresh += 1
-                live.update(_render(_rows(args, protocols, states), refresh), refresh=True)
+                rows = _rows(args, protocols, states)
+                live.update(_render(rows, refresh, processes), refresh=True)
         except KeyboardInterrupt:
             pass
     return 0
@@ -225,5 +267,8 @@ def execute(args: argparse.Namespace) -> int:
     if args.watch:
         return _watch(args, protocols, states)
     rows = _rows(args, protocols, states)
-    _write(_json(_document(rows)) if args.json else format_table(rows))
+    if args.json:
+        _write(_json(_document(rows)))
+    else:
+        _write(format_table(rows, processes=not args.no_processes))
     return 0

@@ -429,7 +429,7 @@ class PingStats:
         return lines
 
     def as_dict(self) -> dict[str, object]:
-        """The totals as JSON-ready values (times in ms)."""
+        """The totals as JSON-ready values (times in ms; ``rtt_ms`` is None without replies)."""
         out: dict[str, object] = {
             "transmitted": self.transmitted,
             "received": self.received,
@@ -438,7 +438,9 @@ class PingStats:
             "loss_percent": round(self.loss_percent, 3),
         }
         rtt = self.rtt_us()
-        if rtt is not None:
-            keys = ("min", "avg", "max", "mdev")
-            out["rtt_ms"] = {k: v / 1000 for k, v in zip(keys, rtt, strict=True)}
+        keys = ("min", "avg", "max", "mdev")
+        # always present, null without replies: a consumer need not test for the key
+        out["rtt_ms"] = (
+            None if rtt is None else dict(zip(keys, (v / 1000 for v in rtt), strict=True))
+        )
         return out

@@ -18,7 +18,14 @@ from typing import Final
 from ..errors import AddressError, ConfigError
 from .services import port_by_name
 
-__all__ = ["MAX_ADDRESSES", "Target", "parse_ports", "parse_target", "parse_targets"]
+__all__ = [
+    "MAX_ADDRESSES",
+    "Target",
+    "format_ports",
+    "parse_ports",
+    "parse_target",
+    "parse_targets",
+]
 
 MAX_ADDRESSES: Final = 65536  # per target; a /8 by mistake would be 16 million hosts
 MAX_PORT: Final = 65535
@@ -155,14 +162,33 @@ def _port(spec: str, text: str, protocol: str) -> int:
 def _part(spec: str, part: str, protocol: str) -> Sequence[int]:
     if part == "-":
         return range(1, MAX_PORT + 1)
+    named = port_by_name(part, protocol)
+    if named is not None:  # names may hold dashes: http-proxy is a port, not a range
+        return (named,)
     if "-" not in part:
         return (_port(spec, part, protocol),)
-    low_text, _, high_text = part.partition("-")
-    low = _port(spec, low_text, protocol) if low_text else 1
-    high = _port(spec, high_text, protocol) if high_text else MAX_PORT
-    if high < low:
-        raise _bad_ports(spec, f"the range {part} ends before it starts")
-    return range(low, high + 1)
+    return _range_part(spec, part, protocol)
+
+
+def _range_part(spec: str, part: str, protocol: str) -> Sequence[int]:
+    """``low-high``, split at the dash whose two sides are ports (``http-proxy-9000``)."""
+    dashes = [i for i, ch in enumerate(part) if ch == "-"]
+    first_error: ConfigError | None = None
+    for at in dashes:
+        low_text, high_text = part[:at], part[at + 1 :]
+        try:
+            low = _port(spec, low_text, protocol) if low_text else 1
+            high = _port(spec, high_text, protocol) if high_text else MAX_PORT
+        except ConfigError as exc:
+            first_error = first_error or exc
+            continue
+        if high < low:
+            raise _bad_ports(spec, f"the range {part} ends before it starts")
+        return range(low, high + 1)
+    if any(ch.isalpha() for ch in part):
+        raise _bad_ports(spec, f"{part!r} is neither a port range nor a known service name")
+    assert first_error is not None
+    raise first_error
 
 
 def parse_ports(spec: str, protocol: str = "tcp") -> tuple[int, ...]:
@@ -174,3 +200,14 @@ def parse_ports(spec: str, protocol: str = "tcp") -> tuple[int, ...]:
     for part in parts:
         chosen.update(_part(spec, part, protocol))
     return tuple(sorted(chosen))
+
+
+def format_ports(ports: Iterable[int]) -> str:
+    """The compact spec of sorted ports, ``parse_ports``'s inverse: ``1-1024,8080``."""
+    runs: list[list[int]] = []
+    for port in sorted(set(ports)):
+        if runs and port == runs[-1][1] + 1:
+            runs[-1][1] = port
+        else:
+            runs.append([port, port])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

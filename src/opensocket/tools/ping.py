@@ -16,6 +16,7 @@ saying how to enable either, or to use ``mode="tcp"``/``"udp"``.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import select
 import socket
@@ -25,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from ..errors import ConfigError, NameResolutionError, OpenSocketError
+from ..errors import AddressError, ConfigError, NameResolutionError, OpenSocketError
 from ._icmp import EchoTracker, PingError, PingEvent, PingReply, PingStats, PingTimeout
 
 __all__ = [
@@ -53,6 +54,8 @@ _TIMESPEC = struct.Struct("@qq")
 _RCVTIMEO = struct.Struct("@ll")
 _INT = struct.Struct("@i")
 _MAX_SIZE = 65507
+MIN_INTERVAL = 0.002  # below this, like iputils for users, only a bounded run (count) may go
+_FAMILY_NAMES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +79,46 @@ class Target:
 
 
 def resolve(host: str, family: int = 0, port: int = 0) -> Target:
-    """Resolve ``host`` to its first address of ``family`` (0: any, in the system's order)."""
+    """Resolve ``host`` to its first address of ``family`` (0: any, in the system's order).
+
+    Raises AddressError for a literal address of the other family, NameResolutionError for
+    a name that does not resolve (or has no address of ``family``).
+    """
+    _check_literal_family(host, family)
     try:
         infos = socket.getaddrinfo(host, None, family, socket.SOCK_DGRAM)
     except socket.gaierror as exc:
+        if family and _resolves(host):
+            want = _FAMILY_NAMES[socket.AddressFamily(family)]
+            raise NameResolutionError(f"{host!r} has no {want} address") from exc
         raise NameResolutionError(
             f"cannot resolve {host!r} ({exc.strerror}): check the spelling and your DNS"
         ) from exc
     fam, _, _, _, sockaddr = infos[0]
     return Target(host, str(sockaddr[0]), fam, port)
+
+
+def _check_literal_family(host: str, family: int) -> None:
+    """An IP literal of the other family is a usage error, not a name lookup failure."""
+    try:
+        version = ipaddress.ip_address(host.split("%", 1)[0]).version
+    except ValueError:
+        return
+    have = socket.AF_INET6 if version == 6 else socket.AF_INET
+    if family and family != have:
+        raise AddressError(
+            f"{host} is an {_FAMILY_NAMES[have]} address and "
+            f"{_FAMILY_NAMES[socket.AddressFamily(family)]} was asked for"
+        )
+
+
+def _resolves(host: str) -> bool:
+    """Whether ``host`` has an address of any family (to tell "no IPv6" from "no name")."""
+    try:
+        socket.getaddrinfo(host, None, 0, socket.SOCK_DGRAM)
+    except socket.gaierror:
+        return False
+    return True
 
 
 def _kernel_time(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, int | None]:
@@ -404,6 +438,8 @@ class Pinger:
         icmp_socket: SocketKind = "auto",
     ) -> None:
         _check(count, interval, timeout, size, mode, port)
+        if mode != "icmp" and icmp_socket != "auto":
+            raise ConfigError(f"icmp_socket applies to icmp pings only (got {icmp_socket!r})")
         self.target = resolve(host, family, port or 0)
         self.count = count
         self.interval_ns = int(interval * 1e9)
@@ -513,7 +549,12 @@ def _check(
     if count is not None and count < 1:
         raise ConfigError(f"count must be at least 1 (got {count})")
     if interval < 0:
-        raise ConfigError(f"interval must be 0 or more seconds (got {interval:g})")
+        raise ConfigError(f"interval must be >= 0 seconds (got {interval:g})")
+    if interval < MIN_INTERVAL and count is None:
+        raise ConfigError(
+            f"an interval below {MIN_INTERVAL:g} s needs a count: it would flood without end "
+            f"(got {interval:g})"
+        )
     if timeout <= 0:
         raise ConfigError(f"timeout must be a positive number of seconds (got {timeout:g})")
     if mode not in ("icmp", "tcp", "udp"):
@@ -537,6 +578,7 @@ def ping(
     mode: Mode = "icmp",
     port: int | None = None,
     family: int = 0,
+    icmp_socket: SocketKind = "auto",
 ) -> PingReport:
     """Ping ``host`` ``count`` times (blocking) and return every event with the totals."""
     with Pinger(
@@ -548,6 +590,7 @@ def ping(
         mode=mode,
         port=port,
         family=family,
+        icmp_socket=icmp_socket,
     ) as pinger:
         for _ in pinger:
             pass
@@ -564,6 +607,7 @@ async def aping(
     mode: Mode = "icmp",
     port: int | None = None,
     family: int = 0,
+    icmp_socket: SocketKind = "auto",
 ) -> AsyncIterator[PingEvent]:
     """Ping ``host`` on asyncio, yielding each reply, error and timeout as it happens."""
     with Pinger(
@@ -575,6 +619,7 @@ async def aping(
         mode=mode,
         port=port,
         family=family,
+        icmp_socket=icmp_socket,
     ) as pinger:
         async for event in pinger.events():
             yield event

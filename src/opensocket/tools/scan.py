@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from ..errors import AddressError, ConfigError, NameResolutionError
 from ._scan_engine import STATES, HostJob, ScanSettings, TcpEngine, UdpEngine
-from ._targets import Target, parse_ports, parse_targets
+from ._targets import Target, format_ports, parse_ports, parse_targets
 from .services import UDP_PAYLOADS, default_ports, service_name
 
 __all__ = [
@@ -48,6 +48,8 @@ DEFAULT_CONCURRENCY: Final = 500
 DEFAULT_RETRIES: Final = 2
 DEFAULT_BANNER_TIMEOUT: Final = 1.0
 _FD_HEADROOM: Final = 64  # descriptors left for everything else in the process
+LIST_CLOSED_UP_TO: Final = 25  # like nmap: closed ports are listed only for small scans
+_FAMILY_NAMES: Final = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 
 
 class PortState(enum.StrEnum):
@@ -134,10 +136,19 @@ class HostReport:
                 found = PortResult(port, PortState.CLOSED, self.protocol, service, reason)
             yield found
 
-    def to_dict(self, *, open_only: bool = False) -> dict[str, Any]:
-        """A JSON-ready dict; closed ports appear as a count."""
+    @property
+    def closed_ports(self) -> tuple[int, ...]:
+        """The closed ports, in order."""
+        listed = {r.port for r in self.ports}
+        return tuple(p for p in self.scanned if p not in listed)
+
+    def to_dict(
+        self, *, open_only: bool = False, show_closed: bool | None = None
+    ) -> dict[str, Any]:
+        """A JSON-ready dict; closed ports appear as a count, and also as ``closed_ports``
+        when ``show_closed`` (None: when at most LIST_CLOSED_UP_TO ports were scanned)."""
         ports = [r for r in self.ports if not open_only or r.state is PortState.OPEN]
-        return {
+        out: dict[str, Any] = {
             "target": self.target,
             "address": self.address,
             "hostname": self.hostname,
@@ -145,6 +156,11 @@ class HostReport:
             "closed": self.closed,
             "self_connects": self.self_connects,
         }
+        if show_closed is None:
+            show_closed = len(self.scanned) <= LIST_CLOSED_UP_TO
+        if show_closed:
+            out["closed_ports"] = list(self.closed_ports)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,13 +179,16 @@ class ScanReport:
         """Open ports over every host."""
         return sum(len(h.open_ports) for h in self.hosts)
 
-    def to_dict(self, *, open_only: bool = False) -> dict[str, Any]:
-        """A JSON-ready dict of the whole report."""
+    def to_dict(
+        self, *, open_only: bool = False, show_closed: bool | None = None
+    ) -> dict[str, Any]:
+        """A JSON-ready dict of the whole report (``scanned``: the ports as a compact spec)."""
         return {
             "protocol": self.protocol,
+            "scanned": format_ports(self.ports),
             "ports_scanned": len(self.ports),
             "seconds": round(self.seconds, 3),
-            "hosts": [h.to_dict(open_only=open_only) for h in self.hosts],
+            "hosts": [h.to_dict(open_only=open_only, show_closed=show_closed) for h in self.hosts],
             "unresolved": [{"target": t, "error": e} for t, e in self.unresolved],
         }
 
@@ -179,13 +198,13 @@ Progress = Callable[[int, int], None]
 
 def _check(timeout: float, concurrency: int, rate: float | None, retries: int) -> None:
     if not timeout > 0:
-        raise ConfigError(f"the timeout must be above 0 seconds (got {timeout:g})")
+        raise ConfigError(f"timeout must be a positive number of seconds (got {timeout:g})")
     if concurrency < 1:
-        raise ConfigError(f"the concurrency must be at least 1 (got {concurrency})")
+        raise ConfigError(f"concurrency must be at least 1 (got {concurrency})")
     if rate is not None and not rate > 0:
-        raise ConfigError(f"the rate must be above 0 probes per second (got {rate:g})")
+        raise ConfigError(f"rate must be a positive number of probes per second (got {rate:g})")
     if retries < 0:
-        raise ConfigError(f"retries must be 0 or more (got {retries})")
+        raise ConfigError(f"retries must be at least 0 (got {retries})")
 
 
 def _fd_cap(concurrency: int) -> int:
@@ -225,16 +244,39 @@ def _literal_sockaddr(address: str) -> tuple[socket.AddressFamily, tuple[Any, ..
     return socket.AF_INET, (address, 0)
 
 
-async def _resolve(target: Target) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
-    """The first address of a host name, IPv4 first as nmap does."""
+async def _resolve(target: Target, family: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    """The first address of a host name of ``family`` (0: IPv4 first, as nmap does)."""
     loop = asyncio.get_running_loop()
     assert target.hostname is not None
     try:
-        infos = await loop.getaddrinfo(target.hostname, 0, type=socket.SOCK_STREAM)
+        infos = await loop.getaddrinfo(target.hostname, 0, family=family, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise NameResolutionError(f"cannot resolve {target.hostname!r}: {exc.strerror}")
+        if family and await _resolves(target.hostname):
+            want = _FAMILY_NAMES[socket.AddressFamily(family)]
+            raise NameResolutionError(f"{target.hostname!r} has no {want} address") from exc
+        raise NameResolutionError(f"cannot resolve {target.hostname!r}: {exc.strerror}") from exc
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     return infos[0][0], infos[0][4]
+
+
+async def _resolves(hostname: str) -> bool:
+    """Whether ``hostname`` has an address of any family (to tell "no IPv6" from "no name")."""
+    try:
+        await asyncio.get_running_loop().getaddrinfo(hostname, 0, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return True
+
+
+def _pairs(target: Target, family: int) -> list[tuple[socket.AddressFamily, tuple[Any, ...]]]:
+    """The socket addresses of a literal target; NameResolutionError when -4/-6 rule them out."""
+    pairs = [_literal_sockaddr(a) for a in target.addresses]
+    kept = [pair for pair in pairs if not family or pair[0] == family]
+    if not kept:
+        have = _FAMILY_NAMES[pairs[0][0]]
+        want = _FAMILY_NAMES[socket.AddressFamily(family)]
+        raise NameResolutionError(f"{target.text} is an {have} address and {want} was asked for")
+    return kept
 
 
 @dataclass(slots=True)
@@ -244,26 +286,26 @@ class _Planned:
 
 
 async def _plan(
-    targets: list[Target], ports: tuple[int, ...]
+    targets: list[Target], ports: tuple[int, ...], family: int = 0
 ) -> tuple[list[_Planned], list[tuple[str, str]]]:
     """One HostJob per distinct address, and the targets that did not resolve."""
     planned: list[_Planned] = []
     unresolved: list[tuple[str, str]] = []
     seen: set[str] = set()
     for target in targets:
-        if target.hostname is not None:
-            try:
-                pairs = [await _resolve(target)]
-            except NameResolutionError as exc:
-                unresolved.append((target.text, str(exc)))
-                continue
-        else:
-            pairs = [_literal_sockaddr(a) for a in target.addresses]
-        for family, sockaddr in pairs:
+        try:
+            if target.hostname is not None:
+                pairs = [await _resolve(target, family)]
+            else:
+                pairs = _pairs(target, family)
+        except NameResolutionError as exc:
+            unresolved.append((target.text, str(exc)))
+            continue
+        for found_family, sockaddr in pairs:
             address = str(sockaddr[0])
             if address not in seen:
                 seen.add(address)
-                job = HostJob(family, address, sockaddr, ports)
+                job = HostJob(found_family, address, sockaddr, ports)
                 planned.append(_Planned(target, job))
     return planned, unresolved
 
@@ -307,6 +349,7 @@ async def scan(
     banner: bool = False,
     banner_timeout: float = DEFAULT_BANNER_TIMEOUT,
     udp: bool = False,
+    family: int = 0,
     progress: Progress | None = None,
 ) -> ScanReport:
     """Scan ``ports`` (a spec like ``"22,80,8000-8100"``, or numbers) of every target.
@@ -321,6 +364,8 @@ async def scan(
         retries: how often an unanswered port is probed again before it is filtered.
         banner: read what an open TCP port sends first (up to ``banner_timeout`` seconds).
         udp: a UDP scan instead of TCP connect.
+        family: 0 (names resolve IPv4 first, as with nmap), ``socket.AF_INET`` or
+            ``socket.AF_INET6`` (names resolve to that family; other literals are skipped).
         progress: called with (ports done, ports in total) as the scan goes.
 
     Returns:
@@ -332,12 +377,16 @@ async def scan(
     """
     _check(timeout, concurrency, rate, retries)
     if banner and not banner_timeout > 0:
-        raise ConfigError(f"the banner timeout must be above 0 seconds (got {banner_timeout:g})")
+        raise ConfigError(
+            f"banner_timeout must be a positive number of seconds (got {banner_timeout:g})"
+        )
+    if family not in _FAMILY_NAMES and family != 0:
+        raise ConfigError(f"family must be 0, AF_INET or AF_INET6 (got {family})")
     protocol = "udp" if udp else "tcp"
     port_list = _ports(ports, protocol)
     parsed = parse_targets([targets] if isinstance(targets, str) else targets)
     started, clock = time.time(), time.monotonic()
-    planned, unresolved = await _plan(parsed, port_list)
+    planned, unresolved = await _plan(parsed, port_list, family)
     if not planned:
         reasons = "; ".join(why for _, why in unresolved)
         raise NameResolutionError(f"no target could be resolved: {reasons}")

@@ -243,8 +243,27 @@ def _proc_rows(protocols: Iterable[str], *, netlink: bool = True) -> list[Socket
             if proto in ("tcp", "unix"):
                 return None  # no /proc/net at all
             continue  # IPv6 disabled: no tcp6/udp6
-        rows += _unix_rows(text) if proto == "unix" else _inet_rows(proto, text)
+        if proto == "unix":
+            rows += _with_unix_queues(list(_unix_rows(text))) if netlink else _unix_rows(text)
+        else:
+            rows += _inet_rows(proto, text)
     return rows
+
+
+def _with_unix_queues(rows: list[SocketRow]) -> list[SocketRow]:
+    """/proc/net/unix has no queue lengths: take them from unix_diag, as ss does (a listener's
+    Send-Q is its backlog)."""
+    from ._stat_netlink import dump_unix_queues
+
+    try:
+        queues = dump_unix_queues()
+    except OSError:
+        return rows
+    out = []
+    for row in rows:
+        found = queues.get(row.inode)
+        out.append(row if found is None else row._replace(recv_q=found[0], send_q=found[1]))
+    return out
 
 
 def _socket_owners(inodes: set[int]) -> dict[int, list[tuple[int, int]]]:
