@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from opensocket.errors import OpenSocketError
-from opensocket.proxy import Proxy
+from opensocket.proxy import BackgroundProxy
 from opensocket.transfer import DiskFull, Options, TransferSummary, send
 from opensocket.transfer._link import Link
 from opensocket.transfer.protocol import BLOCK
@@ -28,14 +28,17 @@ def _files(tmp_path: Path) -> tuple[Path, Path]:
     return big, small
 
 
-def test_flipped_byte_detected_plain(tmp_path: Path, sides: list[Side]) -> None:
+def test_flipped_byte_detected_plain(
+    tmp_path: Path, sides: list[Side], fault_proxy: Callable[..., BackgroundProxy]
+) -> None:
     big, small = _files(tmp_path)
     dest = tmp_path / "dest"
     side = start("receive", "--listen", LISTEN, "--no-code", "--dir", str(dest), "--json")
     sides.append(side)
-    with Proxy.in_thread("tcp://127.0.0.1:0", side.url) as proxy:
-        proxy.corrupt(offset=200_000, direction="up")  # inside big.bin's first DATA block
-        sent = run("send", "--no-code", "--json", str(big), str(small), proxy.url)
+    proxy = fault_proxy(side.url)  # the opensocket.testing plugin's fixture
+    proxy.corrupt(offset=200_000, direction="up")  # inside big.bin's first DATA block
+    sent = run("send", "--no-code", "--json", str(big), str(small), proxy.url)
+    proxy.close()
     rc, out, err = side.finish()
     assert rc == 1 and sent.returncode == 1
     assert "does not match the sender's hash" in err
@@ -48,14 +51,17 @@ def test_flipped_byte_detected_plain(tmp_path: Path, sides: list[Side]) -> None:
     assert sorted(os.listdir(dest)) == ["small.txt"]  # no big.bin, no partial
 
 
-def test_flipped_byte_detected_encrypted(tmp_path: Path, sides: list[Side]) -> None:
+def test_flipped_byte_detected_encrypted(
+    tmp_path: Path, sides: list[Side], fault_proxy: Callable[..., BackgroundProxy]
+) -> None:
     big, _ = _files(tmp_path)
     dest = tmp_path / "dest"
     side = start("receive", "--listen", LISTEN, "--code", "5-x-y-z", "--dir", str(dest))
     sides.append(side)
-    with Proxy.in_thread("tcp://127.0.0.1:0", side.url) as proxy:
-        proxy.corrupt(offset=300_000, direction="up")
-        sent = run("send", "--code", "5-x-y-z", str(big), proxy.url)
+    proxy = fault_proxy(side.url)  # the opensocket.testing plugin's fixture
+    proxy.corrupt(offset=300_000, direction="up")
+    sent = run("send", "--code", "5-x-y-z", str(big), proxy.url)
+    proxy.close()
     rc, _, err = side.finish()
     assert rc == 1 and sent.returncode == 1
     assert "altered in transit" in err

@@ -6,9 +6,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from opensocket.proxy import Proxy
+from opensocket.proxy import BackgroundProxy
 from opensocket.transfer.protocol import BLOCK
 
 from .conftest import Side, cli, run, start, summary
@@ -91,13 +92,16 @@ def test_kill_receiver_then_resume(tmp_path: Path, sides: list[Side]) -> None:
     _check_resumed(_complete(src, dest, sides), arrived)
 
 
-def test_cut_connection_then_resume(tmp_path: Path, sides: list[Side]) -> None:
+def test_cut_connection_then_resume(
+    tmp_path: Path, sides: list[Side], fault_proxy: Callable[..., BackgroundProxy]
+) -> None:
     src, dest = _source(tmp_path), tmp_path / "dest"
     side = start("receive", "--listen", LISTEN, "--no-code", "--dir", str(dest))
     sides.append(side)
-    with Proxy.in_thread("tcp://127.0.0.1:0", side.url) as proxy:
-        proxy.reset_after(nbytes=20 << 20, direction="up")
-        sent = run("send", "--no-code", str(src), proxy.url)
+    proxy = fault_proxy(side.url)  # the opensocket.testing plugin's fixture
+    proxy.reset_after(nbytes=20 << 20, direction="up")
+    sent = run("send", "--no-code", str(src), proxy.url)
+    proxy.close()
     assert sent.returncode == 1
     rc, _, err = side.finish()
     assert rc == 1 and "is kept" in err
@@ -106,13 +110,16 @@ def test_cut_connection_then_resume(tmp_path: Path, sides: list[Side]) -> None:
     _check_resumed(_complete(src, dest, sides), arrived)
 
 
-def test_changed_source_restarts(tmp_path: Path, sides: list[Side]) -> None:
+def test_changed_source_restarts(
+    tmp_path: Path, sides: list[Side], fault_proxy: Callable[..., BackgroundProxy]
+) -> None:
     src, dest = _source(tmp_path), tmp_path / "dest"
     side = start("receive", "--listen", LISTEN, "--no-code", "--dir", str(dest))
     sides.append(side)
-    with Proxy.in_thread("tcp://127.0.0.1:0", side.url) as proxy:
-        proxy.reset_after(nbytes=10 << 20, direction="up")
-        assert run("send", "--no-code", str(src), proxy.url).returncode == 1
+    proxy = fault_proxy(side.url)  # the opensocket.testing plugin's fixture
+    proxy.reset_after(nbytes=10 << 20, direction="up")
+    assert run("send", "--no-code", str(src), proxy.url).returncode == 1
+    proxy.close()
     side.finish()
     assert (dest / PART).stat().st_size > 0
     before = src.stat()
