@@ -10,88 +10,42 @@ from ``get_timer()``, so a burst of datagrams costs one flush.
 from __future__ import annotations
 
 import asyncio
-import collections
-import logging
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
-from .._sockets import bind_sockets, connect_datagram, connect_error
-from ..address import Address, format_sockaddr, from_sockaddr, rudp_address
-from ..admission import Admission
-from ..codecs import Codec, get_codec
-from ..errors import (
-    CloseCode,
-    ConfigError,
-    ConnectionClosed,
-    ConnectionClosedOK,
-    ConnectionRejected,
-    ConnectTimeout,
-    ReadTimeout,
-    SendBufferFull,
-    WriteTimeout,
-    closed_error,
+from .._reliable import (
+    QUIET,
+    SHUTTING_DOWN,
+    ReliableConnectionBase,
+    ReliableServerBase,
+    client_setup,
+    count_dropped,
+    log,
+    peer_ip,
+    rudp_options,
+    run_core,
+    server_addresses,
 )
+from .._sockets import bind_sockets, connect_datagram, connect_error
+from ..address import Address, format_sockaddr, from_sockaddr
+from ..codecs import Codec
+from ..errors import CloseCode, ConnectionClosed, ReadTimeout, SendBufferFull, WriteTimeout
 from ..options import ServerLimits, SocketOptions
 from ..rudp import (
-    Connected,
     ConnectionAccepted,
     ConnectionTerminated,
-    MessageReceived,
     RudpConnection,
     RudpOptions,
     RudpServer,
-    RudpStats,
     State,
-    Writable,
 )
-from ..stats import ServerStats
 from .datagram import _infos
 
 __all__ = ["ReliableConnection", "ReliableServer", "connect_rudp", "rudp_options", "serve_rudp"]
 
-log = logging.getLogger("opensocket.rudp")
 Handler = Callable[[Any], Awaitable[Any]]
-
-
-def rudp_options(rudp: RudpOptions | None, secret: bytes | str | None) -> RudpOptions:
-    """The endpoint options: ``rudp`` (or defaults) with ``secret`` filled in."""
-    opts = rudp or RudpOptions()
-    if secret is None:
-        return opts
-    key = secret.encode() if isinstance(secret, str) else bytes(secret)
-    if opts.secret is not None and opts.secret != key:
-        raise ConfigError("secret= and RudpOptions.secret differ: give the secret once")
-    return replace(opts, secret=key)
-
-
-def codec_of(codec: str | tuple[str, ...] | None) -> Codec:
-    """The codec both sides agreed on out of band (rudp has no codec negotiation)."""
-    if isinstance(codec, tuple):
-        if len(codec) != 1:
-            raise ConfigError("rudp:// does not negotiate codecs: give exactly one codec")
-        codec = codec[0]
-    return get_codec(codec or "bytes")
-
-
-def handshake_error(event: ConnectionTerminated, where: str, timeout: float) -> Exception:
-    """What a failed rudp handshake means for the caller of ``connect``."""
-    if event.code == CloseCode.HANDSHAKE_TIMEOUT:
-        return ConnectTimeout(
-            f"no answer from {where} to the rudp handshake within {timeout:g}s: "
-            "is a rudp server running there, and does the firewall pass UDP?"
-        )
-    if event.by_peer:
-        return ConnectionRejected(event.reason, event.code)
-    return closed_error(event.code, event.reason)
-
-
-def copy_stats(core: RudpConnection) -> RudpStats:
-    """A snapshot of a connection's counters (RTT, loss, retransmits, bytes, drops)."""
-    stats = core.get_stats()
-    return replace(stats, dropped=Counter(stats.dropped))
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -153,12 +107,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         if transport is None or transport.is_closing():
             return
         core = self.core
-        now = self.loop.time()
-        timer = core.get_timer()
-        if timer is not None and timer <= now:
-            core.handle_timer(now)
-        self.on_events()
-        out = core.datagrams_to_send(now)
+        out = run_core(core, self.loop.time(), self.on_events)
         if out and not transport.is_closing():
             sendto = transport.sendto
             if self.client:
@@ -166,7 +115,7 @@ class _Endpoint(asyncio.DatagramProtocol):
                     sendto(data)
             else:
                 for data, addr in out:
-                    sendto(data, addr)  # type: ignore[arg-type]
+                    sendto(data, addr)
         self.on_events()  # sending can report events too (Writable, a terminated close)
         self._arm(core.get_timer())
 
@@ -191,7 +140,7 @@ class _Endpoint(asyncio.DatagramProtocol):
             self.transport.close()
 
 
-class ReliableConnection:
+class ReliableConnection(ReliableConnectionBase[_Endpoint]):
     """A reliable-UDP connection (asyncio): messages on channels. Use ``opensocket.connect``.
 
     ``send(message, channel=0)``; ``recv()`` returns the next message of any channel and
@@ -200,82 +149,36 @@ class ReliableConnection:
     reliable-unordered).
     """
 
-    def __init__(
-        self,
-        endpoint: _Endpoint,
-        core: RudpConnection,
-        codec: Codec,
-        *,
-        local: str,
-        remote: str,
-        read_timeout: float | None,
-        write_timeout: float | None,
-        on_done: Callable[[ReliableConnection], None] | None = None,
-    ) -> None:
-        self._endpoint = endpoint
-        self._core = core
-        self.codec = codec
-        self.local_address = local
-        self.remote_address = remote
-        self.read_timeout = read_timeout
-        self.write_timeout = write_timeout
-        self._on_done = on_done
-        loop = endpoint.loop
-        self._inbox: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._inbox_bytes = 0
+    def _init_waiting(self) -> None:
+        loop = self._endpoint.loop
         self._readers: list[asyncio.Future[None]] = []
         self._writers: list[asyncio.Future[None]] = []
         self.ready: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[None] = loop.create_future()
-        self._term: ConnectionTerminated | None = None
-        self._stopped = False
-        self._draining_all = False
 
-    # ---- events from the core --------------------------------------------------------------
+    # ---- how waiters wake ------------------------------------------------------------------
 
-    def _drain_events(self) -> None:
-        core = self._core
-        # Messages stay in the core beyond a window of unread bytes: the core grants the peer
-        # flow credit only as we take them, so a slow reader slows the sender.
-        limit = core.options.receive_window
-        while self._draining_all or self._inbox_bytes <= limit:
-            event = core.next_event()
-            if event is None:
-                break
-            kind = type(event)
-            if kind is MessageReceived:
-                assert isinstance(event, MessageReceived)
-                self._inbox.append((event.channel, event.data))
-                self._inbox_bytes += len(event.data)
-                _wake(self._readers)
-            elif kind is Writable:
-                _wake(self._writers)
-            elif kind is Connected:
-                if not self.ready.done():
-                    self.ready.set_result(None)
-            elif isinstance(event, ConnectionTerminated):
-                self._terminated(event)
+    def _wake(self, readers: bool, writers: bool) -> None:
+        if readers:
+            _wake(self._readers)
+        if writers:
+            _wake(self._writers)
 
-    def _terminated(self, event: ConnectionTerminated) -> None:
-        self._term = event
+    def _connected(self) -> None:
         if not self.ready.done():
-            timeout = self._core.options.handshake_timeout
-            self.ready.set_exception(handshake_error(event, self.remote_address, timeout))
+            self.ready.set_result(None)
+
+    def _handshake_failed(self, event: ConnectionTerminated) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(self._handshake_error(event))
             self.ready.exception()
-        level = logging.DEBUG if event.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY) else 20
-        log.log(level, "[%s] closed: %s (%s)", self.remote_address, event.reason, event.code)
-        _wake(self._readers)
-        _wake(self._writers)
+
+    def _ended(self) -> None:
         if not self._done.done():
             self._done.set_result(None)
-        if self._on_done is not None:
-            self._on_done(self)
 
-    def _closed_error(self) -> ConnectionClosed:
-        term = self._term
-        if term is not None:
-            return closed_error(term.code, term.reason, by_peer=term.by_peer)
-        return closed_error(self._core.close_code or CloseCode.NORMAL, self._core.close_reason)
+    def _flush(self) -> None:
+        self._endpoint.schedule()
 
     # ---- sending ---------------------------------------------------------------------------
 
@@ -299,8 +202,7 @@ class ReliableConnection:
     async def _wait(
         self, waiters: list[asyncio.Future[None]], timeout: float | None, *, write: bool = False
     ) -> None:
-        if self._term is not None or self._core.state is State.CLOSED:
-            raise self._closed_error()
+        self._raise_if_closed()
         waiter = self._endpoint.loop.create_future()
         waiters.append(waiter)
         try:
@@ -319,23 +221,9 @@ class ReliableConnection:
     async def recv_message(self, timeout: float | None = None) -> tuple[int, Any]:
         """Return ``(channel, message)``; ReadTimeout after ``timeout`` s (default
         ``read_timeout``); ConnectionClosed once the connection has ended."""
-        inbox = self._inbox
-        while not inbox:
-            self._drain_events()
-            if inbox:
-                break
-            if self._term is not None or self._core.state is State.CLOSED:
-                raise self._closed_error()
-            if self._stopped:
-                raise ConnectionClosedOK(CloseCode.GOING_AWAY, "server shutting down")
+        while not self._has_message():
             await self._wait(self._readers, self.read_timeout if timeout is None else timeout)
-        channel, data = inbox.popleft()
-        self._inbox_bytes -= len(data)
-        if self._core._events:
-            self._drain_events()
-            self._endpoint.schedule()  # taking messages may have opened the flow window
-        decode = self.codec.decode
-        return channel, (data if decode is None else self.codec.loads(data))
+        return self._decoded(*self._take())
 
     async def recv(self, timeout: float | None = None) -> Any:
         """Return the next message of any channel (see ``recv_message`` for the channel)."""
@@ -349,7 +237,7 @@ class ReliableConnection:
             try:
                 yield await self.recv()
             except ConnectionClosed as exc:
-                if exc.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+                if exc.code in QUIET:
                     return
                 raise
 
@@ -363,8 +251,7 @@ class ReliableConnection:
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close gracefully: deliver what is queued, exchange CLOSE (bounded by the core's
         ``close_timeout``), then close the socket of a client."""
-        self._draining_all = True
-        self._core.close(code, reason)
+        self._start_close(code, reason)
         self._endpoint.schedule()
         self._drain_events()
         await asyncio.shield(self._done)
@@ -374,44 +261,14 @@ class ReliableConnection:
 
     async def wait_closed(self) -> None:
         """Wait until the connection has ended, whoever ended it."""
-        self._draining_all = True
-        self._drain_events()
+        self._drain_all()
         await asyncio.shield(self._done)
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection has ended."""
-        return self._term is not None or self._core.state is State.CLOSED
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code once closed."""
-        return self._core.close_code if self.closed else None
-
-    @property
-    def close_reason(self) -> str:
-        """The close reason once closed."""
-        return self._core.close_reason if self.closed else ""
-
-    @property
-    def stats(self) -> RudpStats:
-        """Counters: srtt/min_rtt, retransmits, lost, bytes, messages, dropped by reason."""
-        return copy_stats(self._core)
-
-    @property
-    def channels(self) -> int:
-        """How many channels this connection has."""
-        return len(self._core.options.channels)
 
     async def __aenter__(self) -> ReliableConnection:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        state = self._core.state.value
-        return f"<ReliableConnection {self.local_address} -> {self.remote_address} {state}>"
 
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:
@@ -430,14 +287,12 @@ async def connect_rudp(
     rudp: RudpOptions | None = None,
 ) -> ReliableConnection:
     """Open a reliable-UDP connection to ``url`` and complete its handshake."""
-    addr = rudp_address(url)
-    opts = options or SocketOptions()
-    ropts = rudp_options(rudp, secret)
-    chosen = codec_of(codec)
+    setup = client_setup(url, codec, secret, options, rudp)
+    addr, opts = setup.addr, setup.options
     loop = asyncio.get_running_loop()
     udp = addr.with_scheme("udp")
     sock = connect_datagram(udp, await _infos(udp, passive=False), opts)
-    core = RudpConnection.connect(sock.getpeername(), ropts, now=loop.time())
+    core = RudpConnection.connect(sock.getpeername(), setup.rudp, now=loop.time())
     handle: ReliableConnection | None = None
 
     def on_events() -> None:
@@ -451,7 +306,7 @@ async def connect_rudp(
     handle = ReliableConnection(
         endpoint,
         core,
-        chosen,
+        setup.codec,
         local=local,
         remote=str(addr),
         read_timeout=opts.read_timeout,
@@ -468,7 +323,7 @@ async def connect_rudp(
     except BaseException:
         sock.close()
         raise
-    limit = min(opts.connect_timeout or ropts.handshake_timeout, ropts.handshake_timeout)
+    limit = setup.handshake_limit
     try:
         async with asyncio.timeout(limit + 1.0):  # the core's own deadline comes first
             await asyncio.shield(handle.ready)
@@ -487,7 +342,7 @@ def _refused(handle: ReliableConnection, exc: OSError, addr: Address, opts: Sock
         handle.ready.exception()
 
 
-class ReliableServer:
+class ReliableServer(ReliableServerBase[ReliableConnection, "asyncio.Task[Any]"]):
     """A running reliable-UDP server; ``addresses`` lists the bound addresses (real ports)."""
 
     def __init__(
@@ -499,27 +354,16 @@ class ReliableServer:
         options: SocketOptions,
         limits: ServerLimits,
     ) -> None:
-        self.handler = handler
-        self.rudp = rudp
-        self.codec = codec
-        self.options = options
-        self.limits = limits
-        self.addresses: list[Address] = []
-        self._admission = Admission(limits)
-        self._stats = ServerStats()
+        super().__init__(handler, rudp=rudp, codec=codec, options=options, limits=limits)
+        self.handler: Handler = handler
         self._endpoints: list[_Endpoint] = []
-        self._live: dict[ReliableConnection, tuple[str | None, asyncio.Task[Any]]] = {}
-        self._closing = False
         self._closed = asyncio.get_running_loop().create_future()
 
     async def _start(self, addr: Address) -> None:
         loop = asyncio.get_running_loop()
         socks = bind_sockets(addr.with_scheme("udp"), self.options, kind=socket.SOCK_DGRAM)
         for sock in socks:
-            core = RudpServer(
-                self.rudp, now=loop.time(), max_connections=self.limits.max_connections
-            )
-            endpoint = self._endpoint(core)
+            endpoint = self._endpoint(self._new_core(loop.time()))
             try:
                 await loop.create_datagram_endpoint(endpoint.itself, sock=sock)
             except BaseException:
@@ -528,7 +372,7 @@ class ReliableServer:
                 raise
             self._endpoints.append(endpoint)
             self.addresses.append(from_sockaddr("rudp", sock.getsockname()))
-        log.info("rudp listening on %s", ", ".join(map(str, self.addresses)))
+        self._log_listening()
 
     def _endpoint(self, core: RudpServer) -> _Endpoint:
         endpoint = _Endpoint(core, lambda: self._dispatch(endpoint))
@@ -544,18 +388,9 @@ class ReliableServer:
             handle._drain_events()
 
     def _accept(self, endpoint: _Endpoint, conn: RudpConnection) -> None:
-        peer = format_sockaddr(conn.addr)
-        ip = str(conn.addr[0]) if isinstance(conn.addr, tuple) else None
-        if self._closing:
-            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        ip = peer_ip(conn.addr)
+        if not self._admit(conn, ip, endpoint.loop.time()):
             return
-        refusal = self._admission.admit(ip, endpoint.loop.time())
-        if refusal is not None:
-            conn.close(refusal.code, refusal.reason)
-            self._stats.dropped[CloseCode.describe(refusal.code)] += 1
-            log.info("[%s] refused: %s", peer, refusal.reason)
-            return
-        self._stats.accepted += 1
         transport = endpoint.transport
         local = format_sockaddr(transport.get_extra_info("sockname")) if transport else ""
         handle = ReliableConnection(
@@ -563,10 +398,10 @@ class ReliableServer:
             conn,
             self.codec,
             local=local,
-            remote=peer,
+            remote=format_sockaddr(conn.addr),
             read_timeout=None,
             write_timeout=self.limits.stuck_timeout,
-            on_done=self._finished,
+            on_done=self._forget,
         )
         task = endpoint.loop.create_task(self._run(handle))
         self._live[handle] = (ip, task)
@@ -577,7 +412,7 @@ class ReliableServer:
         except (ConnectionClosed, WriteTimeout):
             pass
         except asyncio.CancelledError:
-            conn._core.close(CloseCode.GOING_AWAY, "server shutting down")
+            conn._core.close(CloseCode.GOING_AWAY, SHUTTING_DOWN)
             conn._endpoint.schedule()
             raise
         except Exception as exc:
@@ -588,44 +423,16 @@ class ReliableServer:
             return
         if not conn.closed:
             code = CloseCode.GOING_AWAY if self._closing else CloseCode.NORMAL
-            await conn.close(code, "server shutting down" if self._closing else "")
-
-    def _finished(self, conn: ReliableConnection) -> None:
-        ip, _task = self._live.pop(conn, (None, None))
-        self._admission.release(ip)
-        stats = conn._core.stats
-        self._stats.bytes_in += stats.bytes_received
-        self._stats.bytes_out += stats.bytes_sent
-        self._stats.messages_in += stats.messages_received
-        self._stats.messages_out += stats.messages_sent
-        term = conn._term
-        if term is not None and term.code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
-            self._stats.dropped[CloseCode.describe(term.code)] += 1
+            await conn.close(code, SHUTTING_DOWN if self._closing else "")
 
     # ---- public ----------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The first bound address as a URL (handy with port 0)."""
-        return str(self.addresses[0])
-
-    @property
-    def stats(self) -> ServerStats:
-        """Counters: accepted, active, bytes/messages in and out, closes by reason."""
-        snap = replace(self._stats, dropped=self._stats.dropped.copy())
-        snap.active = len(self._live)
-        return snap
 
     @property
     def dropped_datagrams(self) -> Counter[str]:
         """Datagrams the endpoints and live connections discarded, by reason."""
         total: Counter[str] = Counter()
         for endpoint in self._endpoints:
-            core = endpoint.core
-            assert isinstance(core, RudpServer)
-            total.update(core.stats.dropped)
-            for conn in core.connections.values():
-                total.update(conn.stats.dropped)
+            count_dropped(endpoint.core, total)
         return total
 
     async def serve_forever(self) -> None:
@@ -651,8 +458,7 @@ class ReliableServer:
             await asyncio.wait(tasks, timeout=grace)
         conns = list(self._live)
         for conn in conns:
-            conn._draining_all = True
-            conn._core.close(CloseCode.GOING_AWAY, "server shutting down")
+            conn._start_close(CloseCode.GOING_AWAY, SHUTTING_DOWN)
             conn._endpoint.schedule()
         done = [conn._done for conn in conns if not conn._done.done()]
         if done:
@@ -669,16 +475,13 @@ class ReliableServer:
             await asyncio.wait(lost, timeout=1.0)
         if not self._closed.done():
             self._closed.set_result(None)
-        log.info("rudp server on %s closed", ", ".join(map(str, self.addresses)))
+        self._log_closed()
 
     async def __aenter__(self) -> ReliableServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        return f"<ReliableServer {', '.join(map(str, self.addresses))}>"
 
 
 async def serve_rudp(
@@ -693,15 +496,8 @@ async def serve_rudp(
 ) -> ReliableServer:
     """Listen on ``url`` (rudp://host:port, or several) and run ``await handler(conn)`` per
     connection."""
-    urls = url if isinstance(url, list) else [url]
-    addrs = [rudp_address(u) for u in urls]
-    server = ReliableServer(
-        handler,
-        rudp=rudp_options(rudp, secret),
-        codec=codec_of(codec),
-        options=options or SocketOptions(),
-        limits=limits or ServerLimits(),
-    )
+    addrs = server_addresses(url)
+    server = ReliableServer._configured(handler, codec, secret, options, limits, rudp)
     try:
         for addr in addrs:
             await server._start(addr)

@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, overload
 
+from .._entry import stream_server, wants_rudp
 from .._log import safe_call
 from .._sockets import close_quietly
-from ..address import Address, is_rudp_url, stream_address
-from ..errors import ConfigError, HandshakeTimeout
+from ..address import Address, stream_address
+from ..errors import HandshakeTimeout
 from ..hooks import Hooks
 from ..options import (
     ProtocolOptions,
@@ -33,7 +34,6 @@ from ..options import (
 )
 from ..protocol.connection import FramedConnection, Role
 from ..rudp import RudpOptions
-from ..tls import server_context
 from ._connect import open_socket, open_transport
 from ._framed import Connection, FramedLink
 from .datagram import DatagramEndpoint, open_datagram_endpoint
@@ -127,8 +127,7 @@ def connect(
     ``ReliableConnection`` (messages on channels over UDP) set up by ``rudp`` options.
     Raises a ConnectError, TLSError or HandshakeError subclass that says what went wrong.
     """
-    if rudp is not None or is_rudp_url(url):
-        _only_rudp_args(url, raw=raw, name=name, tls=tls, protocol=protocol, hooks=hooks)
+    if wants_rudp([url], rudp, raw=raw, name=name, tls=tls, protocol=protocol, hooks=hooks):
         return connect_rudp(url, codec=codec, secret=secret, options=options, rudp=rudp)
     addr = stream_address(url)
     opts = options or SocketOptions()
@@ -238,27 +237,23 @@ def serve(
     ``ReliableConnection``s.
     """
     urls = url if isinstance(url, list) else [url]
-    if rudp is not None or any(is_rudp_url(u) for u in urls):
-        for one in urls:
-            _only_rudp_args(one, raw=raw, name=name, tls=tls, protocol=protocol, hooks=hooks)
+    if wants_rudp(urls, rudp, raw=raw, name=name, tls=tls, protocol=protocol, hooks=hooks):
         return serve_rudp(
             urls, handler, codec=codec, secret=secret, options=options, limits=limits, rudp=rudp
         )
-    addrs = [stream_address(u) for u in urls]
-    schemes = {a.scheme for a in addrs}
-    if "tls" in schemes and len(schemes) > 1:
-        raise ConfigError("serve tls:// and plaintext addresses from two servers, not one")
-    if "tls" in schemes and tls is None:
-        server_context(None)  # raises the error that says what a TLS server needs
-    server = Server(
+    server, addrs = stream_server(
+        Server,
+        urls,
         handler,
         raw=raw,
-        protocol=merge_protocol_options(protocol, codec, secret, name),
-        options=options or SocketOptions(),
-        limits=limits or ServerLimits(),
-        tls=tls if ("tls" in schemes or tls is not None) else None,
+        codec=codec,
+        secret=secret,
+        name=name,
+        tls=tls,
+        options=options,
+        protocol=protocol,
+        limits=limits,
         hooks=hooks,
-        scheme=addrs[0].scheme,
     )
     try:
         for addr in addrs:
@@ -270,15 +265,6 @@ def serve(
         raise
     server._launch()
     return server
-
-
-def _only_rudp_args(url: str | Address, **given: Any) -> None:
-    """Refuse arguments that mean nothing over rudp://, and rudp options on other schemes."""
-    if not is_rudp_url(url):
-        raise ConfigError(f"rudp= options need a rudp:// address, not {url}")
-    extra = [name for name, value in given.items() if value not in (None, False)]
-    if extra:
-        raise ConfigError(f"rudp:// does not take {', '.join(extra)}= (see RudpOptions)")
 
 
 def open_datagram(

@@ -11,50 +11,46 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import math
 import select
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any, Final
 
-from .._sockets import bind_sockets, close_quietly, connect_datagram, connect_error
-from ..address import Address, format_sockaddr, from_sockaddr, rudp_address
-from ..admission import Admission
-from ..aio.rudp import codec_of, copy_stats, handshake_error, rudp_options
-from ..codecs import Codec
-from ..errors import (
-    CloseCode,
-    ConnectionClosed,
-    ConnectionClosedOK,
-    ReadTimeout,
-    SendBufferFull,
-    WriteTimeout,
-    closed_error,
+from .._reliable import (
+    QUIET,
+    SHUTTING_DOWN,
+    ReliableConnectionBase,
+    ReliableServerBase,
+    client_setup,
+    count_dropped,
+    log,
+    peer_ip,
+    run_core,
+    server_addresses,
 )
+from .._sockets import bind_sockets, close_quietly, connect_datagram, connect_error
+from ..address import Address, format_sockaddr, from_sockaddr
+from ..codecs import Codec
+from ..errors import CloseCode, ConnectionClosed, ReadTimeout, SendBufferFull, WriteTimeout
 from ..options import ServerLimits, SocketOptions
 from ..rudp import (
-    Connected,
     ConnectionAccepted,
     ConnectionTerminated,
-    MessageReceived,
     RudpConnection,
     RudpOptions,
     RudpServer,
     RudpStats,
     State,
-    Writable,
 )
 from ..stats import ServerStats
 from .datagram import _resolve
 
 __all__ = ["ReliableConnection", "ReliableServer", "connect_rudp", "serve_rudp"]
 
-log = logging.getLogger("opensocket.rudp")
 RECV_BATCH: Final = 256  # datagrams read per wake-up before timers and output get a turn
 RECV_SIZE: Final = 65536
 JOIN_TIMEOUT: Final = 5.0
@@ -136,13 +132,7 @@ class _Endpoint:
 
     def pump(self) -> None:
         """Run due timers, report events, send datagrams (call with the lock held)."""
-        core = self.core
-        now = time.monotonic()
-        timer = core.get_timer()
-        if timer is not None and timer <= now:
-            core.handle_timer(now)
-        self.on_events()
-        out = core.datagrams_to_send(now)
+        out = run_core(self.core, time.monotonic(), self.on_events)
         if out:
             self._send(out)
             self.on_events()
@@ -194,86 +184,40 @@ class _Endpoint:
         close_quietly(self._wake_w)
 
 
-class ReliableConnection:
+class ReliableConnection(ReliableConnectionBase[_Endpoint]):
     """A reliable-UDP connection (blocking): messages on channels. Use ``sync.connect``.
 
     ``send`` may be called from several threads; one thread at a time should receive.
     """
 
-    def __init__(
-        self,
-        endpoint: _Endpoint,
-        core: RudpConnection,
-        codec: Codec,
-        *,
-        local: str,
-        remote: str,
-        read_timeout: float | None,
-        write_timeout: float | None,
-        on_done: Callable[[ReliableConnection], None] | None = None,
-    ) -> None:
-        self._endpoint = endpoint
-        self._core = core
-        self.codec = codec
-        self.local_address = local
-        self.remote_address = remote
-        self.read_timeout = read_timeout
-        self.write_timeout = write_timeout
-        self._on_done = on_done
-        self._cond = threading.Condition(endpoint.lock)
-        self._inbox: deque[tuple[int, bytes]] = deque()
-        self._inbox_bytes = 0
+    def _init_waiting(self) -> None:
+        self._cond = threading.Condition(self._endpoint.lock)
         self._writable = 0  # Writable events seen: a blocked sender waits for a change
         self.ready = threading.Event()
         self.error: Exception | None = None
         self.done = threading.Event()
-        self._term: ConnectionTerminated | None = None
-        self._stopped = False
-        self._draining_all = False
 
-    # ---- events from the core (lock held) --------------------------------------------------
+    # ---- how waiters wake (lock held) ------------------------------------------------------
 
-    def _drain_events(self) -> None:
-        core = self._core
-        limit = core.options.receive_window  # beyond it the core withholds flow credit
-        woke = False
-        while self._draining_all or self._inbox_bytes <= limit:
-            event = core.next_event()
-            if event is None:
-                break
-            if isinstance(event, MessageReceived):
-                self._inbox.append((event.channel, event.data))
-                self._inbox_bytes += len(event.data)
-                woke = True
-            elif isinstance(event, Writable):
-                self._writable += 1
-                woke = True
-            elif isinstance(event, Connected):
-                self.ready.set()
-            elif isinstance(event, ConnectionTerminated):
-                self._terminated(event)
-                woke = True
-        if woke:
-            self._cond.notify_all()
+    def _wake(self, readers: bool, writers: bool) -> None:
+        if writers:
+            self._writable += 1
+        self._cond.notify_all()
 
-    def _terminated(self, event: ConnectionTerminated) -> None:
-        self._term = event
+    def _connected(self) -> None:
+        self.ready.set()
+
+    def _handshake_failed(self, event: ConnectionTerminated) -> None:
         if not self.ready.is_set():
             if self.error is None:
-                timeout = self._core.options.handshake_timeout
-                self.error = handshake_error(event, self.remote_address, timeout)
+                self.error = self._handshake_error(event)
             self.ready.set()
-        level = logging.DEBUG if event.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY) else 20
-        log.log(level, "[%s] closed: %s (%s)", self.remote_address, event.reason, event.code)
-        self.done.set()
-        if self._on_done is not None:
-            self._on_done(self)
 
-    def _closed_error(self) -> ConnectionClosed:
-        term = self._term
-        if term is not None:
-            return closed_error(term.code, term.reason, by_peer=term.by_peer)
-        return closed_error(self._core.close_code or CloseCode.NORMAL, self._core.close_reason)
+    def _ended(self) -> None:
+        self.done.set()
+
+    def _flush(self) -> None:
+        self._endpoint.kick()
 
     # ---- sending ---------------------------------------------------------------------------
 
@@ -307,26 +251,13 @@ class ReliableConnection:
         limit = self.read_timeout if timeout is None else timeout
         deadline = None if limit is None else time.monotonic() + limit
         with self._cond:
-            inbox = self._inbox
-            while not inbox:
-                self._drain_events()
-                if inbox:
-                    break
-                if self._term is not None or self._core.state is State.CLOSED:
-                    raise self._closed_error()
-                if self._stopped:
-                    raise ConnectionClosedOK(CloseCode.GOING_AWAY, "server shutting down")
+            while not self._has_message():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise ReadTimeout(f"{self.remote_address} sent no message within {limit:g}s")
                 self._cond.wait(left)
-            channel, data = inbox.popleft()
-            self._inbox_bytes -= len(data)
-            if self._core._events:
-                self._drain_events()
-                self._endpoint.kick()  # taking messages may have opened the flow window
-        decode = self.codec.decode
-        return channel, (data if decode is None else self.codec.loads(data))
+            channel, data = self._take()
+        return self._decoded(channel, data)
 
     def recv(self, timeout: float | None = None) -> Any:
         """Return the next message of any channel (see ``recv_message`` for the channel)."""
@@ -337,7 +268,7 @@ class ReliableConnection:
             try:
                 yield self.recv()
             except ConnectionClosed as exc:
-                if exc.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+                if exc.code in QUIET:
                     return
                 raise
 
@@ -353,8 +284,7 @@ class ReliableConnection:
         """Close gracefully: deliver what is queued, exchange CLOSE (bounded by the core's
         ``close_timeout``), then close the socket of a client."""
         with self._cond:
-            self._draining_all = True
-            self._core.close(code, reason)
+            self._start_close(code, reason)
             self._drain_events()
         self._endpoint.kick()
         self.done.wait(self._core.options.close_timeout + 1.0)
@@ -364,45 +294,20 @@ class ReliableConnection:
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Wait until the connection has ended, whoever ended it; False on timeout."""
         with self._cond:
-            self._draining_all = True
-            self._drain_events()
+            self._drain_all()
         return self.done.wait(timeout)
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection has ended."""
-        return self._term is not None or self._core.state is State.CLOSED
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code once closed."""
-        return self._core.close_code if self.closed else None
-
-    @property
-    def close_reason(self) -> str:
-        """The close reason once closed."""
-        return self._core.close_reason if self.closed else ""
 
     @property
     def stats(self) -> RudpStats:
         """Counters: srtt/min_rtt, retransmits, lost, bytes, messages, dropped by reason."""
         with self._cond:
-            return copy_stats(self._core)
-
-    @property
-    def channels(self) -> int:
-        """How many channels this connection has."""
-        return len(self._core.options.channels)
+            return super().stats
 
     def __enter__(self) -> ReliableConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        state = self._core.state.value
-        return f"<ReliableConnection {self.local_address} -> {self.remote_address} {state}>"
 
 
 def connect_rudp(
@@ -414,18 +319,16 @@ def connect_rudp(
     rudp: RudpOptions | None = None,
 ) -> ReliableConnection:
     """Open a reliable-UDP connection to ``url`` and complete its handshake."""
-    addr = rudp_address(url)
-    opts = options or SocketOptions()
-    ropts = rudp_options(rudp, secret)
-    chosen = codec_of(codec)
+    setup = client_setup(url, codec, secret, options, rudp)
+    addr, opts = setup.addr, setup.options
     udp = addr.with_scheme("udp")
     sock = connect_datagram(udp, _resolve(udp), opts)
-    core = RudpConnection.connect(sock.getpeername(), ropts, now=time.monotonic())
+    core = RudpConnection.connect(sock.getpeername(), setup.rudp, now=time.monotonic())
     endpoint = _Endpoint(sock, core, f"rudp {addr.hostport}")
     handle = ReliableConnection(
         endpoint,
         core,
-        chosen,
+        setup.codec,
         local=format_sockaddr(sock.getsockname()),
         remote=str(addr),
         read_timeout=opts.read_timeout,
@@ -448,7 +351,7 @@ def connect_rudp(
     endpoint.on_events = on_events
     handle._on_done = over
     endpoint.start()
-    limit = min(opts.connect_timeout or ropts.handshake_timeout, ropts.handshake_timeout)
+    limit = setup.handshake_limit
     handle.ready.wait(limit + 1.0)  # the core's own deadline comes first
     if handle.error is not None or not handle.ready.is_set():
         with endpoint.lock:
@@ -458,7 +361,7 @@ def connect_rudp(
     return handle
 
 
-class ReliableServer:
+class ReliableServer(ReliableServerBase[ReliableConnection, threading.Thread]):
     """A running reliable-UDP server (blocking): a handler thread per connection."""
 
     def __init__(
@@ -470,27 +373,17 @@ class ReliableServer:
         options: SocketOptions,
         limits: ServerLimits,
     ) -> None:
-        self.handler = handler
-        self.rudp = rudp
-        self.codec = codec
-        self.options = options
-        self.limits = limits
-        self.addresses: list[Address] = []
-        self._admission = Admission(limits)
-        self._stats = ServerStats()
+        super().__init__(handler, rudp=rudp, codec=codec, options=options, limits=limits)
+        self.handler: Callable[[ReliableConnection], Any] = handler
         self._endpoints: list[_Endpoint] = []
-        self._live: dict[ReliableConnection, tuple[str | None, threading.Thread]] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._closing = False
         self._done = threading.Event()
 
     def _start(self, addr: Address) -> None:
         socks = bind_sockets(addr.with_scheme("udp"), self.options, kind=socket.SOCK_DGRAM)
         for sock in socks:
-            core = RudpServer(
-                self.rudp, now=time.monotonic(), max_connections=self.limits.max_connections
-            )
+            core = self._new_core(time.monotonic())
             endpoint = _Endpoint(sock, core, f"rudp server {format_sockaddr(sock.getsockname())}")
             endpoint.on_events = self._dispatcher(endpoint)
             self._endpoints.append(endpoint)
@@ -499,7 +392,7 @@ class ReliableServer:
     def _launch(self) -> None:
         for endpoint in self._endpoints:
             endpoint.start()
-        log.info("rudp listening on %s", ", ".join(map(str, self.addresses)))
+        self._log_listening()
 
     def _dispatcher(self, endpoint: _Endpoint) -> Callable[[], None]:
         core = endpoint.core
@@ -521,20 +414,10 @@ class ReliableServer:
 
     def _accept(self, endpoint: _Endpoint, conn: RudpConnection) -> ReliableConnection | None:
         peer = format_sockaddr(conn.addr)
-        ip = str(conn.addr[0]) if isinstance(conn.addr, tuple) else None
+        ip = peer_ip(conn.addr)
         with self._lock:
-            if self._closing:
-                conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            if not self._admit(conn, ip, time.monotonic()):
                 return None
-            refusal = self._admission.admit(ip, time.monotonic())
-            if refusal is not None:
-                self._stats.dropped[CloseCode.describe(refusal.code)] += 1
-            else:
-                self._stats.accepted += 1
-        if refusal is not None:
-            conn.close(refusal.code, refusal.reason)
-            log.info("[%s] refused: %s", peer, refusal.reason)
-            return None
         handle = ReliableConnection(
             endpoint,
             conn,
@@ -564,7 +447,7 @@ class ReliableServer:
         else:
             if not conn.closed:
                 if self._closing:
-                    conn.close(CloseCode.GOING_AWAY, "server shutting down")
+                    conn.close(CloseCode.GOING_AWAY, SHUTTING_DOWN)
                 else:
                     conn.close()
         finally:
@@ -572,45 +455,25 @@ class ReliableServer:
                 self._idle.notify_all()
 
     def _finished(self, conn: ReliableConnection) -> None:
-        stats = conn._core.stats
-        term = conn._term
         with self._lock:
-            ip, _thread = self._live.pop(conn, (None, None))
-            self._admission.release(ip)
-            self._stats.bytes_in += stats.bytes_received
-            self._stats.bytes_out += stats.bytes_sent
-            self._stats.messages_in += stats.messages_received
-            self._stats.messages_out += stats.messages_sent
-            if term is not None and term.code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
-                self._stats.dropped[CloseCode.describe(term.code)] += 1
+            self._forget(conn)
             self._idle.notify_all()
 
     # ---- public ----------------------------------------------------------------------------
 
     @property
-    def url(self) -> str:
-        """The first bound address as a URL (handy with port 0)."""
-        return str(self.addresses[0])
-
-    @property
     def stats(self) -> ServerStats:
         """Counters: accepted, active, bytes/messages in and out, closes by reason."""
         with self._lock:
-            snap = replace(self._stats, dropped=self._stats.dropped.copy())
-            snap.active = len(self._live)
-        return snap
+            return super().stats
 
     @property
     def dropped_datagrams(self) -> Counter[str]:
         """Datagrams the endpoints and live connections discarded, by reason."""
         total: Counter[str] = Counter()
         for endpoint in self._endpoints:
-            core = endpoint.core
-            assert isinstance(core, RudpServer)
             with endpoint.lock:
-                total.update(core.stats.dropped)
-                for conn in core.connections.values():
-                    total.update(conn.stats.dropped)
+                count_dropped(endpoint.core, total)
         return total
 
     def serve_forever(self) -> None:
@@ -643,8 +506,7 @@ class ReliableServer:
             conns = list(self._live)
         for conn in conns:
             with conn._cond:
-                conn._draining_all = True
-                conn._core.close(CloseCode.GOING_AWAY, "server shutting down")
+                conn._start_close(CloseCode.GOING_AWAY, SHUTTING_DOWN)
             conn._endpoint.kick()
         deadline = time.monotonic() + self.rudp.close_timeout + 1.0
         for conn in conns:
@@ -656,16 +518,13 @@ class ReliableServer:
         for endpoint in self._endpoints:
             endpoint.close()
         self._done.set()
-        log.info("rudp server on %s closed", ", ".join(map(str, self.addresses)))
+        self._log_closed()
 
     def __enter__(self) -> ReliableServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-    def __repr__(self) -> str:
-        return f"<ReliableServer {', '.join(map(str, self.addresses))}>"
 
 
 def serve_rudp(
@@ -680,15 +539,8 @@ def serve_rudp(
 ) -> ReliableServer:
     """Listen on ``url`` (rudp://host:port, or several) and run ``handler(conn)`` in a thread
     per connection."""
-    urls = url if isinstance(url, list) else [url]
-    addrs = [rudp_address(u) for u in urls]
-    server = ReliableServer(
-        handler,
-        rudp=rudp_options(rudp, secret),
-        codec=codec_of(codec),
-        options=options or SocketOptions(),
-        limits=limits or ServerLimits(),
-    )
+    addrs = server_addresses(url)
+    server = ReliableServer._configured(handler, codec, secret, options, limits, rudp)
     try:
         for addr in addrs:
             server._start(addr)
