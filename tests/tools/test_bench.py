@@ -3,7 +3,9 @@ plot, errors, and a server that survives clients that misbehave."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -16,8 +18,22 @@ import pytest
 
 from opensocket import sync
 from opensocket.cli import main
-from opensocket.errors import ConfigError, ConnectionRefused, TLSError
-from opensocket.tools.bench import BenchFailed, BenchResult, BenchServer, run_client
+from opensocket.errors import (
+    AddressError,
+    AddressInUse,
+    ConfigError,
+    ConnectionRefused,
+    TLSError,
+)
+from opensocket.tools._bench_side import UDP_ACK
+from opensocket.tools.bench import (
+    DEFAULT_PORT,
+    BenchFailed,
+    BenchResult,
+    BenchServer,
+    bench_address,
+    run_client,
+)
 from tests.conftest import fd_count, has_ipv6
 from tests.tlsutil import make_pki
 
@@ -230,19 +246,269 @@ def test_no_server_is_exit_1(free_port: int, capsys: Any) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-P", "0"], "streams"),
+        (["-P", "0"], "-P/--parallel must be 1 to 128 (got 0)"),
         (["-l", "lots"], "-l/--length"),
         (["--mode", "rtt", "-R"], "-R does not apply"),
-        (["-u", "-l", "8"], "UDP datagram length"),
-        (["-t", "0"], "-t/--time"),
+        (["-u", "-l", "8"], "-l/--length (UDP datagram size) must be 24 to 65507 bytes (got 8)"),
+        (["-t", "0"], "-t/--time must be a positive number (got 0)"),
+        (["-i", "-1"], "-i/--interval must be 0 (no interval reports) or more (got -1)"),
+        (["-b", "-5"], "-b/--bitrate"),
         (["--tls-ca", "ca.pem"], "tls:// URLs only"),
     ],
 )
-def test_bad_options_are_exit_2(
+def test_bad_options_are_exit_2_before_any_output(
     server: BenchServer, args: list[str], message: str, capsys: Any
 ) -> None:
     assert main(["bench", server.url, *args]) == 2
-    assert message in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""  # no "Connecting to ..." banner before a usage error
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:5210", "unix:///tmp/x", "rudp://h:1"])
+def test_wrong_scheme_hint_names_only_bench_schemes(url: str, capsys: Any) -> None:
+    assert main(["bench", url]) == 2
+    captured = capsys.readouterr()
+    assert "bench runs over tcp://, tls:// or udp://" in captured.err
+    assert "rudp://1" not in captured.err and "unix:///run" not in captured.err
+    assert captured.out == ""
+
+
+def test_bench_address_defaults_port_and_takes_bare_hosts() -> None:
+    assert str(bench_address("127.0.0.1")) == f"tcp://127.0.0.1:{DEFAULT_PORT}"
+    assert str(bench_address("127.0.0.1:9")) == "tcp://127.0.0.1:9"
+    assert str(bench_address("::1")) == f"tcp://[::1]:{DEFAULT_PORT}"
+    assert str(bench_address("[::1]")) == f"tcp://[::1]:{DEFAULT_PORT}"
+    assert str(bench_address("udp://host")) == f"udp://host:{DEFAULT_PORT}"
+    assert str(bench_address("TLS://host:7")) == "tls://host:7"
+    with pytest.raises(AddressError, match="out of range"):
+        bench_address("tcp://h:99999")
+
+
+def test_cli_bare_host_port(server: BenchServer, capsys: Any) -> None:
+    port = server.addresses[0].port
+    assert main(["bench", f"127.0.0.1:{port}", "-t", str(SHORT), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["start"]["server"] == f"tcp://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def fake_server(greeting: bytes) -> Iterator[int]:
+    """A TCP server that is not a bench server: sends ``greeting`` (may be empty) and waits."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    peers: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            peers.append(conn)
+            if greeting:
+                conn.sendall(greeting)
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(5)
+        for conn in peers:
+            conn.close()
+
+
+def test_ssh_like_server_is_not_a_bench_server(capsys: Any) -> None:
+    with fake_server(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n" * 4) as port:
+        assert main(["bench", f"tcp://127.0.0.1:{port}", "-t", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "is this an opensocket bench server? start one with: opensocket bench serve" in err
+    assert "--raw" not in err
+
+
+def test_silent_server_fails_fast_with_a_hint(capsys: Any) -> None:
+    with fake_server(b"") as port, pytest.raises(BenchFailed) as caught:
+        run_client(f"tcp://127.0.0.1:{port}", duration=1, handshake_timeout=0.3)
+    assert "did not answer the opensocket handshake within 0.3s" in str(caught.value)
+    assert "is this an opensocket bench server?" in str(caught.value)
+    # the CLI bounds the handshake by --connect-timeout (and 3 s at most), not 10 s
+    with fake_server(b"") as port:
+        args = ["bench", f"127.0.0.1:{port}", "--connect-timeout", "0.4", "--json"]
+        assert main(args) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert "within 0.4s" in doc["error"]
+
+
+def test_client_certificate_required_advice(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    tls = pki.server_tls(client_auth="required")
+    with BenchServer(["tls://127.0.0.1:0"], tls=tls) as mtls, pytest.raises(TLSError) as caught:
+        run_client(mtls.url, duration=SHORT, tls=pki.client_tls())
+    assert "requires a client certificate: pass --tls-cert FILE --tls-key FILE" in str(caught.value)
+    with BenchServer(["tls://127.0.0.1:0"], tls=tls) as mtls:
+        result = run_client(mtls.url, duration=SHORT, tls=pki.client_tls(with_cert=True))
+        reliable(result)
+
+
+def test_serve_tls_options_on_plain_listener_is_exit_2(tmp_path: Path, capsys: Any) -> None:
+    pki = make_pki(tmp_path)
+    tls = pki.server_tls()
+    args = ["bench", "serve", "--listen", "tcp://127.0.0.1:0", "--tls-cert", str(tls.cert_file)]
+    assert main([*args, "--tls-key", str(tls.key_file)]) == 2
+    captured = capsys.readouterr()
+    assert "TLS options apply to tls:// listeners only" in captured.err
+    assert captured.out == ""
+    with pytest.raises(ConfigError, match="tls:// listeners only"):
+        BenchServer(["tcp://127.0.0.1:0"], tls=tls).start()
+
+
+def test_ctrl_c_prints_the_summary_so_far_and_exits_130() -> None:
+    with BenchServer(["tcp://127.0.0.1:0"]) as own:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "opensocket", "bench", own.url, "-t", "30", "-i", "0.1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline() for _ in range(3)]  # banner, header, an interval
+            assert "sec" in lines[2], lines
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err
+    summary = [line for line in out.splitlines() if line.startswith("[SUM]")]
+    assert len(summary) == 1
+    assert "sender (interrupted" in summary[0]
+    assert "Bytes" in summary[0] and "bits/sec" in summary[0]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_no_sliver_interval_after_the_deadline(server: BenchServer, reverse: bool) -> None:
+    result = run_client(server.url, duration=SHORT, interval=0.1, reverse=reverse)
+    intervals = result.data["intervals"]
+    assert len(intervals) == 3
+    assert all(r["seconds"] >= 0.08 for r in intervals), [r["seconds"] for r in intervals]
+    assert intervals[-1]["end"] >= SHORT
+
+
+def test_rtt_text_output_counts_messages(server: BenchServer, capsys: Any) -> None:
+    assert main(["bench", server.url, "--mode", "rtt", "-t", str(SHORT), "-i", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "packets" not in out
+    interval_lines = [line for line in out.splitlines() if line.startswith("[  0]")]
+    assert interval_lines and all(line.endswith(" messages") for line in interval_lines)
+    assert "round trips" in out
+
+
+def test_interval_zero_turns_interval_reports_off(server: BenchServer, capsys: Any) -> None:
+    assert main(["bench", server.url, "-t", str(SHORT), "-i", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "Interval" not in out
+    assert "sender" in out and "receiver" in out
+    result = run_client(server.url, duration=SHORT, interval=0)
+    check_schema(result.data)
+    assert len(result.data["intervals"]) == 1
+    assert result.data["intervals"][0]["end"] >= SHORT
+
+
+def test_rate_plot_shows_messages_per_second(server: BenchServer) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from opensocket.tools.bench_plot import _over_time
+
+    result = run_client(server.url, mode="rate", duration=SHORT, interval=0.1)
+    intervals = result.data["intervals"]
+    fig, ax = plt.subplots()
+    try:
+        _over_time(ax, intervals, "rate", messages=True)
+        assert ax.get_ylabel() == "messages/s"
+        total = ax.get_lines()[-1].get_ydata()
+        expected = [r["sum"]["packets"] / r["seconds"] for r in intervals]
+        assert list(total) == pytest.approx(expected)
+    finally:
+        plt.close(fig)
+
+
+def test_latency_histogram_leaves_out_rare_outliers() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from opensocket.tools.bench_plot import _latency
+
+    samples = [0.1 + i / 10_000 for i in range(999)] + [50.0]
+    fig, ax = plt.subplots()
+    try:
+        _latency(ax, samples, None)
+        assert ax.get_xlim()[1] < 1.0  # one 50 ms outlier does not squash the 0.1 ms bulk
+        assert "4 above 0.2 ms not shown; max 50 ms" in ax.get_title()  # the top 0.5%
+    finally:
+        plt.close(fig)
+
+
+def test_udp_json_addresses_and_sender_stats(server: BenchServer) -> None:
+    results: list[BenchResult] = []
+    with BenchServer(["tcp://127.0.0.1:0"], on_result=lambda _p, r: results.append(r)) as own:
+        port = own.addresses[0].port
+        result = run_client(own.url, protocol="udp", duration=SHORT, bitrate=5e6)
+    start = result.data["start"]
+    assert start["server"] == f"udp://127.0.0.1:{port}"
+    assert start["local"].startswith("udp://127.0.0.1:")
+    server_start = results[0].data["start"]
+    assert server_start["server"] == f"udp://127.0.0.1:{port}"
+    assert server_start["local"] == start["local"]
+    for stream in result.data["end"]["streams"]:
+        assert "jitter_ms" not in stream["sender"] and "out_of_order" not in stream["sender"]
+        assert "jitter_ms" in stream["receiver"] and "out_of_order" in stream["receiver"]
+
+
+def test_udp_streams_use_the_server_port(server: BenchServer) -> None:
+    port = server.addresses[0].port
+    control, accept = start_test(server, {**BASE_PARAMS, "protocol": "udp", "streams": 2})
+    assert set(accept) == {"type", "cookie"}  # no extra data ports to open in a firewall
+    cookie = bytes.fromhex(accept["cookie"])
+    hellos = []
+    try:
+        for index in (0, 1):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            hellos.append(udp)
+            udp.settimeout(5)
+            udp.sendto(cookie + index.to_bytes(4, "big"), ("127.0.0.1", port))
+            ack, source = udp.recvfrom(64)
+            assert ack == UDP_ACK
+            assert source == ("127.0.0.1", port)  # the stream's socket is on the same port
+        assert control.recv(timeout=5)["type"] == "ready"
+    finally:
+        control.close()
+        for udp in hellos:
+            udp.close()
+
+
+def test_server_port_taken_for_udp_is_a_clear_error(free_port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", free_port))
+        with pytest.raises(AddressInUse, match=f"UDP port {free_port}"):
+            BenchServer([f"tcp://127.0.0.1:{free_port}"]).start()
+
+
+BASE_PARAMS: dict[str, Any] = {
+    "protocol": "tcp",
+    "mode": "throughput",
+    "streams": 1,
+    "duration": 0.2,
+    "interval": 1,
+    "length": 1024,
+    "bitrate": 0,
+    "reverse": False,
+    "gso": True,
+}
 
 
 def start_test(server: BenchServer, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -286,7 +552,7 @@ def test_server_survives_bad_clients(server: BenchServer) -> None:
     control.close()
     # a client that leaves in the middle of a test (once the server has freed the slot)
     control, accept = start_test(server, params)
-    port = accept["data_ports"][0]
+    port = server.addresses[0].port  # data streams use the server's own port
     with socket.create_connection(("127.0.0.1", port)) as stranger:  # no cookie: dropped
         stranger.sendall(b"\0" * 20)
         assert stranger.recv(1) == b""
@@ -383,5 +649,6 @@ def test_serve_cli_in_process_json(free_port: int, capsys: Any) -> None:
     assert codes == [0]
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0] == {"listening": [url]}
-    assert lines[1]["peer"].startswith("127.0.0.1:")
+    assert lines[1]["peer"].startswith("tcp://127.0.0.1:")
+    assert lines[1]["peer"] == lines[1]["start"]["local"]
     assert lines[1]["end"]["receiver"]["packets"] == result.data["end"]["receiver"]["packets"]

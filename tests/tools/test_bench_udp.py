@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from opensocket.errors import ConfigError
-from opensocket.tools._bench_flows import gso_batch
-from opensocket.tools._bench_proto import BenchParams, latency_summary, parse_size
+from opensocket.tools._bench_flows import _pace, gso_batch
+from opensocket.tools._bench_proto import BenchParams, StreamReport, latency_summary, parse_size
+from opensocket.tools._bench_server import new_cookie
 from opensocket.tools._bench_udp import HEADER_SIZE, UdpReceiver, pack_header, unpack_header
 
 MS = 1_000_000
@@ -84,12 +87,15 @@ def test_params_defaults_and_validation() -> None:
     assert BenchParams().length == 128 * 1024
     assert BenchParams(protocol="udp").length == 1400
     assert BenchParams(mode="rtt").length == 64
-    with pytest.raises(ConfigError, match="UDP datagram length"):
+    with pytest.raises(
+        ConfigError, match=r"UDP datagram size\) must be 24 to 65507 bytes \(got 10\)"
+    ):
         BenchParams(protocol="udp", length=10)
     with pytest.raises(ConfigError, match="-R does not apply"):
         BenchParams(mode="rtt", reverse=True)
-    with pytest.raises(ConfigError, match="streams"):
+    with pytest.raises(ConfigError, match=r"-P/--parallel must be 1 to 128 \(got 0\)"):
         BenchParams(streams=0)
+    assert BenchParams(interval=0).interval == 0  # -i 0: no interval reports
     params = BenchParams(protocol="udp", streams=3, duration=2.5, bitrate=1e6)
     assert BenchParams.from_dict(params.to_dict()) == params
     with pytest.raises(ConfigError, match=r"params\.streams"):
@@ -98,12 +104,25 @@ def test_params_defaults_and_validation() -> None:
         BenchParams.from_dict({**params.to_dict(), "reverse": 1})
 
 
+def test_cookies_never_look_like_a_framed_connection() -> None:
+    # the server tells data streams from framed ones ("OS" magic, TLS record 0x16) by byte 0
+    firsts = {new_cookie()[0] for _ in range(2000)}
+    assert ord("O") not in firsts and 0x16 not in firsts
+    assert len(firsts) > 100  # still random
+
+
 def test_latency_percentiles_nearest_rank() -> None:
     summary = latency_summary([float(x) for x in range(100, 0, -1)])
     assert summary is not None
     assert (summary["p50_ms"], summary["p90_ms"], summary["p99_ms"]) == (50.0, 90.0, 99.0)
     assert (summary["min_ms"], summary["max_ms"], summary["count"]) == (1.0, 100.0, 100)
     assert latency_summary([]) is None
+
+
+def test_pacing_past_the_deadline_does_not_sleep() -> None:
+    report = StreamReport(0, bytes=10_000)
+    now = time.monotonic()
+    _pace(report, now, 1.0, now - 1.0)  # due far ahead, deadline already passed: no error
 
 
 def test_gso_batch_sizes() -> None:

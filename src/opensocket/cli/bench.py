@@ -14,8 +14,16 @@ import threading
 from typing import Any, Final
 
 from ..errors import ConfigError
-from ..tools._bench_proto import parse_size
-from ..tools.bench import DEFAULT_PORT, BenchResult, BenchServer, run_client
+from ..tools._bench_proto import SCHEMA, BenchParams, parse_size
+from ..tools.bench import (
+    DEFAULT_PORT,
+    HANDSHAKE_TIMEOUT,
+    BenchResult,
+    BenchServer,
+    bench_address,
+    make_params,
+    run_client,
+)
 from ._common import add_tls_args, check_positive, print_json, tls_from
 
 __all__ = ["HELPS", "configure", "execute"]
@@ -25,16 +33,18 @@ HELPS: Final = {"bench": HELP, "bench serve": "run a bench server (like iperf3 -
 
 CLIENT_EPILOG: Final = f"""\
 examples:
-  opensocket bench tcp://127.0.0.1:{DEFAULT_PORT}                 10 s TCP throughput
-  opensocket bench tcp://host:{DEFAULT_PORT} -P 4 -t 5 -l 1M      4 streams, 5 s, 1 MiB writes
-  opensocket bench tcp://host:{DEFAULT_PORT} -R                   the server sends
-  opensocket bench udp://host:{DEFAULT_PORT} -b 100M              UDP at 100 Mbit/s: loss, jitter
-  opensocket bench tls://host:{DEFAULT_PORT} --tls-ca ca.pem      TLS throughput
-  opensocket bench tcp://host:{DEFAULT_PORT} --mode rtt --plot rtt.png
-  opensocket bench tcp://host:{DEFAULT_PORT} --mode rate -l 64 --json
+  opensocket bench 127.0.0.1                     10 s TCP throughput to port {DEFAULT_PORT}
+  opensocket bench host:5300 -P 4 -t 5 -l 1M     4 streams, 5 s, 1 MiB writes, port 5300
+  opensocket bench host -R                       the server sends
+  opensocket bench udp://host -b 100M            UDP at 100 Mbit/s: loss, jitter
+  opensocket bench tls://host --tls-ca ca.pem    TLS throughput
+  opensocket bench host --mode rtt --plot rtt.png
+  opensocket bench host --mode rate -l 64 -i 0 --json
 
-Sizes take K/M/G suffixes (binary: 128K = 131072 bytes); bitrates too (decimal bits/s:
-100M = 100,000,000). Exit status: 0 done, 1 failed (no server, TLS, refused), 2 bad options.
+URL is HOST[:PORT] (tcp) or tcp://, tls://, udp:// HOST[:PORT]; the port defaults to
+{DEFAULT_PORT}. Sizes take K/M/G suffixes (binary: 128K = 131072 bytes); bitrates too (decimal
+bits/s: 100M = 100,000,000). Ctrl-C prints the summary so far. Exit status: 0 done, 1 failed
+(no server, not a bench server, TLS, refused), 2 bad options, 130 interrupted.
 """
 
 SERVE_EPILOG: Final = f"""\
@@ -44,8 +54,9 @@ examples:
   opensocket bench serve --listen tls://*:{DEFAULT_PORT} --tls-cert cert.pem --tls-key key.pem
 
 One test runs at a time (like iperf3; others are told the server is busy) unless
---max-tests says more. UDP and framed-protocol tests use the same address; throughput data
-streams use an ephemeral port the server opens for each test.
+--max-tests says more. Every test uses the listen port only, as iperf3 does: TCP and TLS
+data streams connect to it, UDP streams use the same port number over UDP. Behind a
+firewall, open that port for TCP and (for UDP tests) UDP.
 """
 
 
@@ -60,10 +71,21 @@ def configure(parser: argparse.ArgumentParser, name: str = "bench") -> None:
 
 def _configure_client(parser: argparse.ArgumentParser) -> None:
     parser.epilog = CLIENT_EPILOG
-    parser.add_argument("url", metavar="URL", help="the bench server: tcp://, tls:// or udp://")
+    parser.add_argument(
+        "url",
+        metavar="URL",
+        help=f"the bench server: HOST[:PORT], tcp://, tls:// or udp:// (port {DEFAULT_PORT})",
+    )
     add = parser.add_argument
     add("-t", "--time", type=float, default=10.0, metavar="SECONDS", help="duration (10)")
-    add("-i", "--interval", type=float, default=1.0, metavar="SECONDS", help="report every (1)")
+    add(
+        "-i",
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="report every (1); 0 turns interval reports off",
+    )
     add("-P", "--parallel", type=int, default=1, metavar="N", help="parallel streams (1)")
     add(
         "-l",
@@ -133,26 +155,19 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
+    """Check every option, then print the banner and run the test (iperf3's order)."""
     check_positive(args.time, "-t/--time")
-    check_positive(args.interval, "-i/--interval")
     check_positive(args.connect_timeout, "--connect-timeout")
     length = int(parse_size(args.length, "-l/--length")) if args.length else 0
     bitrate = parse_size(args.bitrate, "-b/--bitrate", rate=True) if args.bitrate else None
-    scheme = args.url.partition("://")[0].lower() if "://" in args.url else "tcp"
-    protocol = "udp" if args.udp else scheme
+    scheme = bench_address(args.url).scheme
     if args.udp and scheme == "tls":
         raise ConfigError("-u/--udp and a tls:// URL do not mix: UDP tests are not encrypted")
+    protocol = "udp" if args.udp else scheme
     tls = tls_from(args, server=False)
     if tls is not None and protocol != "tls":
-        raise ConfigError("TLS options apply to tls:// URLs only")
-    if args.plot:
-        from ..tools.bench_plot import _pyplot
-
-        _pyplot()  # matplotlib missing: say so before the test, not after it
-    on_interval = None if args.json else _IntervalPrinter(args.parallel).print
-    if not args.json:
-        print(f"Connecting to {args.url} ({protocol} {args.mode}, {args.parallel} stream(s))")
-    result = run_client(
+        raise ConfigError("TLS options (--tls-*) apply to tls:// URLs only: use tls://HOST:PORT")
+    addr, params = make_params(
         args.url,
         protocol=protocol,
         mode=args.mode,
@@ -163,10 +178,38 @@ def _client(args: argparse.Namespace) -> int:
         bitrate=bitrate,
         reverse=args.reverse,
         gso=not args.no_gso,
-        tls=tls,
-        connect_timeout=args.connect_timeout,
-        on_interval=on_interval,
     )
+    if args.plot:
+        from ..tools.bench_plot import _pyplot
+
+        _pyplot()  # matplotlib missing: say so before the test, not after it
+    printer = _IntervalPrinter(params, show=not args.json and params.interval > 0)
+    if not args.json:
+        print(
+            f"Connecting to {protocol}://{addr.hostport} "
+            f"({protocol} {params.mode}, {params.streams} stream(s))",
+            flush=True,
+        )
+    try:
+        result = run_client(
+            args.url,
+            protocol=protocol,
+            mode=params.mode,
+            streams=params.streams,
+            duration=params.duration,
+            interval=params.interval,
+            length=params.length,
+            bitrate=params.bitrate,
+            reverse=params.reverse,
+            gso=params.gso,
+            tls=tls,
+            connect_timeout=args.connect_timeout,
+            handshake_timeout=min(args.connect_timeout, HANDSHAKE_TIMEOUT),
+            on_interval=printer.print,
+        )
+    except KeyboardInterrupt:
+        _interrupted(printer, args.json)
+        return 130
     if args.plot:
         from ..tools.bench_plot import plot_result
 
@@ -178,6 +221,35 @@ def _client(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"plot written to {args.plot}")
     return 0
+
+
+def _interrupted(printer: _IntervalPrinter, as_json: bool) -> None:
+    """Ctrl-C: the summary of the intervals measured so far, as iperf3 prints it."""
+    records = printer.records
+    total = sum(r["sum"]["bytes"] for r in records)
+    seconds = records[-1]["end"] if records else 0.0
+    role = "receiver" if printer.params.reverse else "sender"
+    if as_json:
+        print_json(
+            {
+                "schema": SCHEMA,
+                "interrupted": True,
+                "params": printer.params.to_dict(),
+                "intervals": records,
+                "exit": 130,
+            }
+        )
+        return
+    print("- - - - - - - - - - - - - - - - - - - - - - - - -")
+    if not records:
+        print("interrupted before the first interval report: nothing to summarise")
+        return
+    bps = total * 8 / seconds if seconds > 0 else 0.0
+    print(
+        f"[SUM]   0.00-{seconds:<6.2f} sec {_bytes(total)}  {_rate(bps)}  {role} "
+        "(interrupted: the intervals reported so far)",
+        flush=True,
+    )
 
 
 def _rate(bps: float) -> str:
@@ -194,34 +266,47 @@ def _bytes(n: float) -> str:
     return f"{n:7.0f} Bytes "
 
 
-def _counts(entry: dict[str, Any]) -> str:
+def _unit(params: dict[str, Any]) -> str:
+    """What the packet counts count: messages (rate/rtt) or datagrams (UDP)."""
+    return "messages" if params["mode"] != "throughput" else "datagrams"
+
+
+def _counts(entry: dict[str, Any], unit: str) -> str:
     text = f"{_bytes(entry['bytes'])}  {_rate(entry['bits_per_second'])}"
     if entry["packets"] is not None:
-        text += f"  {entry['packets']:>9} packets"
+        text += f"  {entry['packets']:>9} {unit}"
     return text
 
 
 class _IntervalPrinter:
-    def __init__(self, streams: int) -> None:
-        self.streams = streams
+    """Keeps every interval record (for Ctrl-C) and prints them unless ``show`` is false."""
+
+    def __init__(self, params: BenchParams, *, show: bool) -> None:
+        self.params, self.show = params, show
+        self.unit = _unit(params.to_dict())
+        self.records: list[dict[str, Any]] = []
         self.header = False
 
     def print(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if not self.show:
+            return
         if not self.header:
             print("[ ID] Interval           Transfer     Bitrate")
             self.header = True
         span = f"{record['start']:6.2f}-{record['end']:<6.2f} sec"
-        rows = record["streams"] if self.streams > 1 else []
+        rows = record["streams"] if self.params.streams > 1 else []
         for stream in rows:
-            print(f"[{stream['id']:3d}] {span} {_counts(stream)}")
-        label = "SUM" if self.streams > 1 else f"{record['streams'][0]['id']:3d}"
-        print(f"[{label}] {span} {_counts(record['sum'])}")
+            print(f"[{stream['id']:3d}] {span} {_counts(stream, self.unit)}")
+        label = "SUM" if self.params.streams > 1 else f"{record['streams'][0]['id']:3d}"
+        print(f"[{label}] {span} {_counts(record['sum'], self.unit)}")
         sys.stdout.flush()
 
 
 def summary_lines(result: BenchResult) -> list[str]:
     """The end-of-test summary, iperf3 style."""
     end = result.data["end"]
+    unit = _unit(result.data["start"]["params"])
     lines = ["- - - - - - - - - - - - - - - - - - - - - - - - -"]
     for role in ("sender", "receiver"):
         side = end[role]
@@ -229,6 +314,8 @@ def summary_lines(result: BenchResult) -> list[str]:
             f"[SUM]   0.00-{side['seconds']:<6.2f} sec {_bytes(side['bytes'])}  "
             f"{_rate(side['bits_per_second'])}  {role}"
         )
+        if side["packets"] is not None and unit == "messages":
+            line += f"  {side['packets']} messages"
         if role == "receiver" and "lost" in side:
             line += (
                 f"  jitter {side['jitter_ms']:.3f} ms  lost {side['lost']}/{side['expected']} "
@@ -255,13 +342,14 @@ def summary_lines(result: BenchResult) -> list[str]:
 
 def _serve(args: argparse.Namespace) -> int:
     if args.max_tests < 1:
-        raise ConfigError("--max-tests must be at least 1")
+        raise ConfigError(f"--max-tests must be at least 1 (got {args.max_tests})")
     urls = args.listen or [f"tcp://*:{DEFAULT_PORT}"]
     finished = threading.Event()
 
     def on_result(peer: str, result: BenchResult) -> None:
         if args.json:
-            print_json({"peer": peer, **result.data})
+            scheme = result.data["start"]["params"]["protocol"]
+            print_json({"peer": f"{scheme}://{peer}", **result.data})
         else:
             params = result.data["start"]["params"]
             print(

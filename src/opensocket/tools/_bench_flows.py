@@ -94,10 +94,10 @@ class Flow:
 
 def _pace(report: StreamReport, t0: float, bitrate: float, deadline: float) -> None:
     """Sleep until the bytes sent so far match ``bitrate`` (bits/s)."""
-    due = t0 + report.bytes * 8 / bitrate
+    wake = min(t0 + report.bytes * 8 / bitrate, deadline)
     now = time.monotonic()
-    if due > now:
-        time.sleep(min(due, deadline) - now)
+    if wake > now:  # past the deadline already: no sleep (a negative one would raise)
+        time.sleep(wake - now)
 
 
 def tcp_mover(sender: bool, length: int, deadline: float, bitrate: float) -> Callable[[Flow], None]:

@@ -3,9 +3,10 @@
 Control messages travel as JSON objects over a framed opensocket connection::
 
     client -> server  {"type": "start", "version": 1, "params": {...}}
-    server -> client  {"type": "accept", "cookie": "<32 hex>", "data_port": N}
+    server -> client  {"type": "accept", "cookie": "<32 hex>"}
                     | {"type": "error", "message": "..."}
-    (the client opens its data streams, each sending the cookie first)
+    (the client opens its data streams to the server's port, each sending the cookie and
+    its stream index first)
     server -> client  {"type": "ready"}                  both sides start their streams
     server -> client  {"type": "done"}                   reverse: the server's senders ended
     client -> server  {"type": "results", "report": R}   the client's side is over
@@ -91,13 +92,23 @@ class BenchParams:
     def __post_init__(self) -> None:
         _check(self.protocol in ("tcp", "tls", "udp"), f"unknown protocol {self.protocol!r}")
         _check(self.mode in ("throughput", "rate", "rtt"), f"unknown mode {self.mode!r}")
-        _check(1 <= self.streams <= MAX_STREAMS, f"streams (-P) must be 1 to {MAX_STREAMS}")
+        _check(
+            1 <= self.streams <= MAX_STREAMS,
+            f"-P/--parallel must be 1 to {MAX_STREAMS} (got {self.streams})",
+        )
         _check(
             0 < self.duration <= MAX_DURATION,
-            f"duration (-t) must be above 0 and at most {MAX_DURATION:g} s",
+            f"-t/--time must be above 0 and at most {MAX_DURATION:g} seconds "
+            f"(got {self.duration:g})",
         )
-        _check(self.interval > 0, "the report interval (-i) must be above 0 seconds")
-        _check(self.bitrate >= 0, "bitrate (-b) must be 0 (unlimited) or positive")
+        _check(
+            self.interval >= 0,
+            f"-i/--interval must be 0 (no interval reports) or more (got {self.interval:g})",
+        )
+        _check(
+            self.bitrate >= 0,
+            f"-b/--bitrate must be 0 (unlimited) or positive (got {self.bitrate:g})",
+        )
         _check(
             self.mode == "throughput" or self.protocol != "udp",
             f"--mode {self.mode} runs over the framed protocol: use a tcp:// or tls:// URL, "
@@ -118,17 +129,18 @@ class BenchParams:
         if self.mode != "throughput":
             _check(
                 1 <= self.length <= MAX_MESSAGE,
-                f"the message length (-l) must be 1 to {MAX_MESSAGE} bytes",
+                f"-l/--length (message size) must be 1 to {MAX_MESSAGE} bytes (got {self.length})",
             )
         elif self.protocol == "udp":
             _check(
                 HEADER_SIZE <= self.length <= MAX_UDP_LENGTH,
-                f"the UDP datagram length (-l) must be {HEADER_SIZE} to {MAX_UDP_LENGTH} bytes",
+                f"-l/--length (UDP datagram size) must be {HEADER_SIZE} to {MAX_UDP_LENGTH} "
+                f"bytes (got {self.length})",
             )
         else:
             _check(
                 1 <= self.length <= MAX_TCP_LENGTH,
-                f"the write length (-l) must be 1 to {MAX_TCP_LENGTH} bytes",
+                f"-l/--length (write size) must be 1 to {MAX_TCP_LENGTH} bytes (got {self.length})",
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -298,8 +310,8 @@ def build_result(
         streams.append(
             {
                 "id": stream["id"],
-                "sender": _stream_side(stream, packets),
-                "receiver": _stream_side(peer, packets),
+                "sender": _stream_side(stream, packets, receiver=False),
+                "receiver": _stream_side(peer, packets, receiver=True),
             }
         )
     rate = None
@@ -320,7 +332,7 @@ def build_result(
     }
 
 
-def _stream_side(stream: dict[str, Any], packets: bool) -> dict[str, Any]:
+def _stream_side(stream: dict[str, Any], packets: bool, *, receiver: bool) -> dict[str, Any]:
     out = {
         "bytes": stream["bytes"],
         "seconds": stream["seconds"],
@@ -330,7 +342,7 @@ def _stream_side(stream: dict[str, Any], packets: bool) -> dict[str, Any]:
     for key in ("expected", "lost"):
         if key in stream:
             out[key] = stream[key]
-    if stream.get("udp"):
+    if receiver and stream.get("udp"):  # loss and jitter are the receiver's to measure
         out["jitter_ms"] = stream["udp"]["jitter_ms"]
         out["out_of_order"] = stream["udp"]["out_of_order"]
     return out

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from .. import sync
 from .. import tls as tlsmod
@@ -18,13 +19,14 @@ from .._sockets import close_quietly
 from ..address import Address, parse_address
 from ..errors import (
     AddressError,
+    AddressInUse,
     ConfigError,
     ConnectionClosed,
     OpenSocketError,
     ReadTimeout,
-    TLSError,
 )
-from ..options import TLSOptions
+from ..options import ServerLimits, SocketOptions, TLSOptions, merge_protocol_options
+from ..sync.server import Server as _SyncServer
 from ._bench_flows import (
     UDP_POLL,
     Flow,
@@ -47,14 +49,64 @@ from ._bench_side import (
     Side,
     big_buffers,
     check_error,
+    hostport,
     make_movers,
     roles,
+    split_hostport,
     stop_flows,
 )
 
-__all__ = ["BenchServer"]
+__all__ = ["BenchServer", "new_cookie"]
 
 log = logging.getLogger("opensocket.bench")
+
+_FRAMED_FIRST: Final = frozenset(b"O\x16")  # "OS" magic, or a TLS record (handshake)
+
+
+def new_cookie() -> bytes:
+    """A random test cookie whose first byte cannot be taken for a framed connection's."""
+    while True:
+        cookie = os.urandom(16)
+        if cookie[0] not in _FRAMED_FIRST:
+            return cookie
+
+
+class _Listener(_SyncServer):
+    """The framed server, except that connections starting with neither the "OS" magic nor a
+    TLS record are data streams, handed to ``on_data`` with their raw socket (the way iperf3
+    tells its control and data connections apart on one port)."""
+
+    def __init__(self, on_data: Callable[[socket.socket], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.on_data = on_data
+
+    def _serve_conn(self, sock: socket.socket, peer: str, ip: str | None) -> None:
+        first = _peek(sock, self.limits.handshake_timeout)
+        if first and first[0] in _FRAMED_FIRST:
+            super()._serve_conn(sock, peer, ip)
+            return
+        try:
+            if first:
+                self.on_data(sock)
+            else:
+                close_quietly(sock)
+        finally:
+            with self._lock:  # what _admit reserved for this connection
+                self._admission.release(ip)
+                self._reserved -= 1
+                self._threads.discard(threading.current_thread())
+
+
+def _peek(sock: socket.socket, timeout: float) -> bytes:
+    """The first byte the peer sent, left in the socket; b"" on EOF, error or timeout."""
+    try:
+        sock.settimeout(timeout)
+        return sock.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return b""
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
 
 
 # ---- the server ----------------------------------------------------------------------------
@@ -62,7 +114,7 @@ log = logging.getLogger("opensocket.bench")
 
 def _local_ip(local_address: str) -> str:
     """The IP of ``host:port`` or ``[v6]:port`` (a v4-mapped IPv6 address as plain IPv4)."""
-    host = local_address.rpartition(":")[0].strip("[]")
+    host = split_hostport(local_address)[0]
     if host.startswith("::ffff:") and "." in host:
         host = host[len("::ffff:") :]
     return host
@@ -75,8 +127,11 @@ class BenchServer:
     """The server side: listens on ``urls`` and runs tests for clients.
 
     ``max_tests`` tests run at once (default 1, like iperf3: others are refused with
-    "busy"). ``on_result(peer, result)`` sees each finished test; ``on_error(peer, message)``
-    each failed one. Use as a context manager, or ``start()``/``shutdown()``.
+    "busy"). Every data stream uses the server's own port, as iperf3 does: TCP and TLS data
+    connections arrive on the listener and are told from framed connections by their first
+    byte; UDP streams on the same port number over UDP. ``on_result(peer, result)`` sees each
+    finished test; ``on_error(peer, message)`` each failed one. Use as a context manager,
+    or ``start()``/``shutdown()``.
     """
 
     def __init__(
@@ -89,15 +144,20 @@ class BenchServer:
         on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         if max_tests < 1:
-            raise ConfigError("max_tests must be at least 1")
+            raise ConfigError(f"max_tests must be at least 1 (got {max_tests})")
         self.urls = [self._check(u) for u in urls]
+        if len({a.scheme for a in self.urls}) > 1:
+            raise ConfigError("a bench server listens on tls:// or tcp:// addresses, not both")
         self.tls = tls
         self.on_result, self.on_error = on_result, on_error
         self._slots = threading.BoundedSemaphore(max_tests)
         self._pending: dict[bytes, _ServerTest] = {}
         self._lock = threading.Lock()
-        self._server: sync.Server | None = None
+        self._server: _Listener | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._lobby: list[socket.socket] = []
+        self._stopping = threading.Event()
+        self._lobby_thread: threading.Thread | None = None
         self.tests_run = 0
 
     @staticmethod
@@ -111,15 +171,42 @@ class BenchServer:
         return addr
 
     def start(self) -> BenchServer:
-        """Bind and start serving in background threads."""
-        if any(a.is_tls for a in self.urls):
+        """Bind (TCP, and UDP on the same ports) and start serving in background threads."""
+        tls = self.urls[0].is_tls
+        if self.tls is not None and not tls:
+            raise ConfigError(
+                "TLS options apply to tls:// listeners only: listen on tls://HOST:PORT, or "
+                "leave out the TLS options"
+            )
+        if tls:
             self._ssl = tlsmod.server_context(self.tls)
-        self._server = sync.serve(
-            list(self.urls),
-            self._handle,
-            codec=("json", "bytes"),
+        server = _Listener(
+            self._data_stream,
+            handler=self._handle,
+            raw=False,
+            protocol=merge_protocol_options(None, ("json", "bytes")),
+            options=SocketOptions(),
+            limits=ServerLimits(),
             tls=self._ssl,
+            hooks=None,
+            scheme=self.urls[0].scheme,
         )
+        try:
+            for addr in self.urls:
+                server._start(addr)
+            for sock in server._listeners:
+                self._lobby.append(_udp_twin(sock))
+        except BaseException:
+            for sock in [*server._listeners, *self._lobby]:
+                close_quietly(sock)
+            server.shutdown(0)
+            raise
+        server._launch()
+        self._server = server
+        self._lobby_thread = threading.Thread(
+            target=self._udp_lobby, name="bench-udp-lobby", daemon=True
+        )
+        self._lobby_thread.start()
         return self
 
     @property
@@ -140,8 +227,13 @@ class BenchServer:
 
     def shutdown(self) -> None:
         """Stop accepting; running tests are cut short."""
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown(1.0)
+        if self._lobby_thread is not None:
+            self._lobby_thread.join(2 * SLICE + 1.0)
+        for sock in self._lobby:
+            close_quietly(sock)
 
     def __enter__(self) -> BenchServer:
         return self.start() if self._server is None else self
@@ -170,6 +262,54 @@ class BenchServer:
                 conn.send({"type": "error", "message": f"the server ended the test: {exc}"})
         except Exception:  # a bug must not take the server down with it
             log.exception("bench test with %s failed", peer)
+
+    def _data_stream(self, sock: socket.socket) -> None:
+        """A TCP/TLS data stream on the server's port: cookie and stream index in the clear,
+        then (tls://) the TLS handshake; a stranger is dropped."""
+        try:
+            sock.settimeout(SETUP_TIMEOUT / 2)
+            join = _recv_exactly(sock, JOIN.size)
+            cookie, index = JOIN.unpack(join) if join else (b"", -1)
+            with self._lock:
+                test = self._pending.get(cookie)
+            if test is None:
+                close_quietly(sock)
+                return
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.info("a bench data connection failed to join: %s", exc)
+            close_quietly(sock)
+            return
+        if not test.attach_socket(index, sock):
+            close_quietly(sock)  # a stream joining twice, or too late
+
+    def _udp_lobby(self) -> None:
+        """Hellos of UDP data streams on the server's port number: each gets a socket of its
+        own, bound to the same port and connected to the stream's sender (iperf3's way)."""
+        with selectors.DefaultSelector() as sel:
+            for sock in self._lobby:
+                sel.register(sock, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                for key, _ in sel.select(SLICE):
+                    lobby = key.fileobj
+                    assert isinstance(lobby, socket.socket)
+                    try:
+                        data, peer = lobby.recvfrom(64)
+                    except OSError:
+                        continue
+                    if len(data) == JOIN.size:
+                        self._udp_hello(data, peer)
+
+    def _udp_hello(self, data: bytes, peer: Any) -> None:
+        cookie, index = JOIN.unpack(data)
+        with self._lock:
+            test = self._pending.get(cookie)
+        if test is not None:
+            try:
+                test.udp_join(index, peer)
+            except OSError as exc:
+                log.info("a bench UDP stream from %s failed to join: %s", peer, exc)
 
     def _report_error(self, peer: str, message: str) -> None:
         if self.on_error is not None:
@@ -224,16 +364,17 @@ class _ServerTest:
 
     def __init__(self, server: BenchServer, control: sync.Connection, params: BenchParams):
         self.server, self.control, self.params = server, control, params
-        self.cookie = os.urandom(16)
+        self.cookie = new_cookie()
         self.udp = params.protocol == "udp" and params.mode == "throughput"
         self.flows = [Flow(i, udp=self.udp) for i in range(params.streams)]
-        self.sockets: list[socket.socket] = []
         self.attached = threading.Semaphore(0)
+        self.lock = threading.Lock()
+        self.closing = False
         self.over = threading.Event()
 
     def run(self) -> BenchResult:
-        ports = self._listen()
-        self.control.send({"type": "accept", "cookie": self.cookie.hex(), "data_ports": ports})
+        self.server._register(self.cookie, self)
+        self.control.send({"type": "accept", "cookie": self.cookie.hex()})
         self._gather()
         self.control.send({"type": "ready"})
         role = roles(self.params)[1]
@@ -257,118 +398,121 @@ class _ServerTest:
         start = {
             "version": VERSION,
             "timestamp": time.time(),
-            "server": self.control.local_address,
-            "local": self.control.remote_address,
+            "server": f"{self.params.protocol}://{hostport(self.control.local_address)}",
+            "local": f"{self.params.protocol}://{hostport(self.control.remote_address)}",
             "cookie": self.cookie.hex(),
             "params": self.params.to_dict(),
         }
         return BenchResult(build_result(start, self.params, got["report"], local))
 
-    def _bind(self, kind: socket.SocketKind) -> socket.socket:
-        host = _local_ip(self.control.local_address)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, kind)
-        self.sockets.append(sock)
-        sock.bind((host, 0))
-        return sock
-
-    def _listen(self) -> list[int]:
-        """Open what the data streams connect to; return the ports for the client."""
-        if self.params.mode != "throughput":
-            self.server._register(self.cookie, self)
-            return []
-        if self.udp:
-            ports = []
-            for flow in self.flows:
-                flow.sock = self._bind(socket.SOCK_DGRAM)
-                big_buffers(flow.sock)
-                ports.append(flow.sock.getsockname()[1])
-            return ports
-        listener = self._bind(socket.SOCK_STREAM)
-        listener.listen(self.params.streams + 8)
-        return [listener.getsockname()[1]]
-
     def _gather(self) -> None:
         """Wait until every data stream has joined (SETUP_TIMEOUT), in short slices so that a
         client that goes away meanwhile frees the server at once."""
         deadline = time.monotonic() + SETUP_TIMEOUT
-        pending = list(self.flows)
-        while pending:
-            if self.control.closed:
-                raise BenchFailed("the client went away before its data streams joined")
-            if time.monotonic() >= deadline:
-                raise BenchFailed("not every data stream joined the test in time")
-            flow = pending[0]
-            if self.params.mode != "throughput":
-                joined = self.attached.acquire(timeout=SLICE)
-            elif self.udp:
-                joined = self._udp_hello(flow)
-            else:
-                self._accept_one(self.sockets[0])
-                joined = flow.sock is not None
-                pending = [f for f in pending if f.sock is None]
-                continue
-            if joined:
-                pending.pop(0)
+        for _ in self.flows:
+            while not self.attached.acquire(timeout=SLICE):
+                if self.control.closed:
+                    raise BenchFailed("the client went away before its data streams joined")
+                if time.monotonic() >= deadline:
+                    raise BenchFailed("not every data stream joined the test in time")
+                if self.udp:
+                    self._ack_again()
 
-    def _udp_hello(self, flow: Flow) -> bool:
-        """Wait a moment for the hello of a UDP stream; connect to its sender when it comes."""
-        sock = flow.sock
-        assert sock is not None
-        sock.settimeout(SLICE)
-        try:
-            data, peer = sock.recvfrom(64)
-        except TimeoutError:
-            return False
-        if data != JOIN.pack(self.cookie, flow.report.id):
-            return False
-        sock.connect(peer)
-        sock.send(UDP_ACK)
-        sock.settimeout(None)
-        set_recv_timeout(sock, UDP_POLL)
+    def _ack_again(self) -> None:
+        """Answer hellos repeated on joined UDP streams (our first ack was lost)."""
+        hello = {f.report.id: JOIN.pack(self.cookie, f.report.id) for f in self.flows}
+        for flow in self.flows:
+            sock = flow.sock
+            with contextlib.suppress(OSError):
+                while (
+                    sock is not None and sock.recv(64, socket.MSG_DONTWAIT) == hello[flow.report.id]
+                ):
+                    sock.send(UDP_ACK)
+
+    def _claim(self, index: int) -> Flow | None:
+        """The flow ``index`` if it is free and the test still gathers (call under lock)."""
+        if self.closing or not 0 <= index < len(self.flows):
+            return None
+        flow = self.flows[index]
+        return None if flow.sock is not None or flow.conn is not None else flow
+
+    def attach_socket(self, index: int, sock: socket.socket) -> bool:
+        """A TCP/TLS data stream joined; False if it cannot (the caller closes it)."""
+        with self.lock:
+            flow = self._claim(index)
+            if flow is None:
+                return False
+            sock.settimeout(None)
+            flow.sock = sock
+        self.attached.release()
         return True
 
-    def _accept_one(self, listener: socket.socket) -> None:
-        listener.settimeout(SLICE)
-        try:
-            sock, _ = listener.accept()
-        except TimeoutError:
-            return
-        try:
-            sock.settimeout(SETUP_TIMEOUT / 2)
-            if self.server._ssl is not None:
-                sock = self.server._ssl.wrap_socket(sock, server_side=True)
-            join = _recv_exactly(sock, JOIN.size)
-        except (OSError, ssl.SSLError, TLSError) as exc:
-            log.info("a bench data connection failed to join: %s", exc)
-            close_quietly(sock)
-            return
-        cookie, index = JOIN.unpack(join) if join else (b"", -1)
-        if cookie != self.cookie or not 0 <= index < len(self.flows) or self.flows[index].sock:
-            close_quietly(sock)  # a stranger, or a stream joining twice
-            return
-        sock.settimeout(None)
-        self.sockets.append(sock)
-        self.flows[index].sock = sock
+    def udp_join(self, index: int, peer: Any) -> None:
+        """A UDP stream's hello: a socket on the server's port, connected to its sender."""
+        host = _local_ip(self.control.local_address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if family == socket.AF_INET and peer[0].startswith("::ffff:"):
+            peer = (peer[0][len("::ffff:") :], peer[1])
+        with self.lock:
+            flow = self._claim(index)
+            if flow is None:
+                return
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                big_buffers(sock)
+                sock.bind((host, split_hostport(self.control.local_address)[1]))
+                sock.connect(peer)
+                sock.send(UDP_ACK)
+                set_recv_timeout(sock, UDP_POLL)
+            except OSError:
+                sock.close()
+                raise
+            flow.sock = sock
+        self.attached.release()
 
     def attach(self, index: int, conn: sync.Connection) -> None:
         """A framed data stream joined: run it in this (handler) thread's lifetime."""
-        if not 0 <= index < len(self.flows) or self.flows[index].conn is not None:
-            return
-        self.flows[index].conn = conn
+        with self.lock:
+            if self._claim(index) is None:
+                return
+            self.flows[index].conn = conn
         self.attached.release()
         self.over.wait(self.params.duration + SETUP_TIMEOUT + 2 * END_GRACE)
 
     def cleanup(self) -> None:
         """Stop whatever still runs and release every socket."""
         self.server._register(self.cookie, None)
+        with self.lock:
+            self.closing = True
         stop_flows(self.flows, 0.5)
-        for sock in self.sockets:
-            close_quietly(sock)
         for flow in self.flows:
             if flow.conn is None:
                 flow.close()
         self.over.set()
+
+
+def _udp_twin(listener: socket.socket) -> socket.socket:
+    """A UDP socket on the address and port of a TCP listener (SO_REUSEPORT, so that each
+    UDP stream can have a connected socket on the same port)."""
+    family, address = listener.family, listener.getsockname()
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            v6only = listener.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        port = address[1]
+        raise AddressInUse(
+            exc.errno or 0,
+            f"UDP port {port} (for UDP tests on the bench port) cannot be bound: {exc.strerror}; "
+            "stop what uses it or pick another port",
+        ) from exc
+    return sock
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

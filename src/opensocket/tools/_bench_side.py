@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 import struct
 import time
@@ -37,8 +38,10 @@ __all__ = [
     "big_buffers",
     "check_error",
     "expect",
+    "hostport",
     "make_movers",
     "roles",
+    "split_hostport",
     "stop_flows",
 ]
 
@@ -109,7 +112,8 @@ class Side:
     def start(self, make: Callable[[Side], Sequence[Callable[[Flow], None]]]) -> None:
         """Start every flow now, with the movers ``make(self)`` returns (once ``t0`` is set)."""
         self.t0 = self.last = time.monotonic()
-        self.next_tick = self.t0 + self.params.interval
+        self.next_tick = self.t0
+        self._advance_tick()
         for flow, mover in zip(self.flows, make(self), strict=True):
             flow.start(mover, self.t0)
 
@@ -133,9 +137,18 @@ class Side:
         record = interval_record(self.last - self.t0, now - self.t0, counts, self.packets)
         self.intervals.append(record)
         self.last = now
-        self.next_tick += self.params.interval
+        self._advance_tick()
         if self.on_interval is not None:
             self.on_interval(record)
+
+    def _advance_tick(self) -> None:
+        """The next sampling time. Ticks stop half an interval before the end of the test, so
+        that the last interval (taken by ``finish``) runs to the end rather than leaving a
+        sliver after the deadline; interval 0 means no ticks at all."""
+        interval = self.params.interval
+        tick = self.next_tick + interval
+        last_tick = self.t0 + self.params.duration - interval / 2
+        self.next_tick = tick if interval > 0 and tick <= last_tick else math.inf
 
     def drive(self, control: sync.Connection, until: Callable[[], bool], handle: Handler) -> None:
         """Sample on every tick and hand control messages to ``handle`` until ``until()``."""
@@ -161,10 +174,8 @@ class Side:
             flow.draining = True
 
     def finish(self) -> None:
-        """The last (partial) interval, once every flow has ended."""
-        now = time.monotonic()
-        if now > self.last or not self.intervals:
-            self.sample(now)
+        """The last interval, from the last tick to now (every flow has ended)."""
+        self.sample(max(time.monotonic(), self.last))
 
     def report(self) -> dict[str, Any]:
         """This side's measurements, as sent in a ``results`` message."""
@@ -243,6 +254,17 @@ def check_error(message: dict[str, Any]) -> None:
     """Raise BenchFailed when the peer reports an error on the control connection."""
     if isinstance(message, dict) and message.get("type") == "error":
         raise BenchFailed(str(message.get("message")))
+
+
+def hostport(address: str) -> str:
+    """``host:port`` of an address as connections report it (with or without a scheme)."""
+    return address.rpartition("://")[2]
+
+
+def split_hostport(address: str) -> tuple[str, int]:
+    """(host, port) of ``host:port``, ``[v6]:port`` or ``scheme://host:port``."""
+    host, _, port = hostport(address).rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def big_buffers(sock: socket.socket) -> None:

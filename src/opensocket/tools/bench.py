@@ -3,11 +3,14 @@
 A test has one control connection (the framed protocol with the JSON codec, on the server's
 address) and one data stream per ``streams``:
 
-* throughput over TCP or TLS: raw sockets to an ephemeral port the server opens for the test;
-* throughput over UDP: one datagram socket per stream, each on an ephemeral server port;
+* throughput over TCP or TLS: raw sockets to the server's own port;
+* throughput over UDP: one datagram socket per stream, to the same port number over UDP;
 * ``mode="rate"`` and ``mode="rtt"``: framed opensocket connections to the server's address.
 
-Each data stream first presents the test's random cookie, so strangers cannot join a test. The
+Every data stream uses the server's one port, as iperf3 does (one port to open in a firewall).
+Each first presents the test's random cookie (TCP/TLS: 16 bytes and the stream index in the
+clear, before any TLS; its first byte is never "O" nor 0x16, which is how the server tells it
+from a framed connection), so strangers cannot join a test. The
 sender of each stream is the client, or the server with ``reverse=True``. Both sides sample
 their counters every ``interval`` seconds and trade their reports at the end; the result is
 the document described by ``opensocket.tools._bench_proto`` (``BenchResult.data``)::
@@ -26,17 +29,22 @@ import logging
 import socket
 import ssl
 import time
-from typing import Any
+from typing import Any, Final
 
 from .. import sync
 from .. import tls as tlsmod
 from .._sockets import close_quietly
 from ..address import Address, parse_address
 from ..errors import (
+    AddressError,
+    BadMagic,
     ConfigError,
+    HandshakeError,
     OpenSocketError,
+    ProtocolError,
+    TLSError,
 )
-from ..options import SocketOptions, TLSOptions
+from ..options import ProtocolOptions, SocketOptions, TLSOptions
 from ._bench_flows import (
     UDP_POLL,
     Flow,
@@ -64,14 +72,95 @@ from ._bench_side import (
     big_buffers,
     check_error,
     expect,
+    hostport,
     make_movers,
     roles,
+    split_hostport,
     stop_flows,
 )
 
-__all__ = ["DEFAULT_PORT", "BenchFailed", "BenchResult", "BenchServer", "run_client"]
+__all__ = [
+    "DEFAULT_PORT",
+    "BenchFailed",
+    "BenchResult",
+    "BenchServer",
+    "bench_address",
+    "make_params",
+    "run_client",
+]
 
 log = logging.getLogger("opensocket.bench")
+
+SCHEMES: Final = frozenset({"tcp", "tls", "udp"})
+HANDSHAKE_TIMEOUT: Final = 3.0  # a bench server answers at once; anything else is not one
+_EXAMPLES: Final = (
+    f"127.0.0.1, host:{DEFAULT_PORT}, tcp://host:{DEFAULT_PORT}, udp://[::1]:{DEFAULT_PORT}"
+)
+_SERVE_HINT: Final = "start one with: opensocket bench serve --listen tcp://*:PORT"
+
+
+# ---- addresses and parameters --------------------------------------------------------------
+
+
+def _with_port(rest: str) -> str:
+    """``rest`` (what follows ``scheme://``) with the default port when it names none."""
+    if rest.startswith("["):
+        return rest if "]:" in rest else f"{rest}:{DEFAULT_PORT}"
+    if rest.count(":") > 1:  # a bare IPv6 literal: ::1
+        return f"[{rest}]:{DEFAULT_PORT}"
+    return rest if ":" in rest else f"{rest}:{DEFAULT_PORT}"
+
+
+def bench_address(url: str) -> Address:
+    """The server address of ``url``: ``tcp://h:p``, ``tls://``, ``udp://``, or a bare
+    ``host``/``host:port`` (tcp); the port defaults to DEFAULT_PORT (5210)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "tcp", url
+    scheme = scheme.lower()
+    if scheme not in SCHEMES:
+        raise AddressError(
+            f"bench runs over tcp://, tls:// or udp://, not {scheme}:// (got {url!r}); "
+            f"examples: {_EXAMPLES}"
+        )
+    full = f"{scheme}://{_with_port(rest)}"
+    try:
+        return parse_address(full, schemes=SCHEMES)
+    except AddressError as exc:
+        problem = str(exc).partition("; examples:")[0]
+        raise AddressError(f"{problem}; examples: {_EXAMPLES}") from None
+
+
+def make_params(
+    url: str,
+    *,
+    protocol: str | None = None,
+    mode: Mode = "throughput",
+    streams: int = 1,
+    duration: float = 10.0,
+    interval: float = 1.0,
+    length: int = 0,
+    bitrate: float | None = None,
+    reverse: bool = False,
+    gso: bool = True,
+) -> tuple[Address, BenchParams]:
+    """The server address and the checked test parameters (AddressError, ConfigError)."""
+    addr = bench_address(url)
+    proto = protocol or addr.scheme
+    if bitrate is None:
+        bitrate = DEFAULT_UDP_BITRATE if proto == "udp" and mode == "throughput" else 0.0
+    params = BenchParams(
+        protocol=proto,  # type: ignore[arg-type]  # checked by BenchParams
+        mode=mode,
+        streams=streams,
+        duration=duration,
+        interval=interval,
+        length=length,
+        bitrate=bitrate,
+        reverse=reverse,
+        gso=gso,
+    )
+    return addr, params
 
 
 # ---- the client ----------------------------------------------------------------------------
@@ -91,6 +180,7 @@ def run_client(
     gso: bool = True,
     tls: TLSOptions | None = None,
     connect_timeout: float = 10.0,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
     on_interval: IntervalCallback | None = None,
 ) -> BenchResult:
     """Run one test against the bench server at ``url`` and return its result.
@@ -100,15 +190,13 @@ def run_client(
     ``bitrate`` is bits/s per stream (UDP default 1 Mbit/s like iperf3; 0: unlimited).
     ``gso`` lets UDP senders hand the kernel up to 64 datagrams per call (UDP GSO, where
     supported); the datagrams on the wire are the same. ``on_interval`` sees each interval
-    record as it is taken. Raises ConnectError, TLSError,
-    ConfigError or BenchFailed.
+    record as it is taken (``interval`` 0: one record for the whole test). A server that does
+    not complete the opensocket handshake within ``handshake_timeout`` is not a bench server.
+    Raises AddressError, ConfigError, ConnectError, TLSError or BenchFailed.
     """
-    addr = parse_address(url, default_scheme="tcp", schemes=frozenset({"tcp", "tls", "udp"}))
-    proto = protocol or addr.scheme
-    if bitrate is None:
-        bitrate = DEFAULT_UDP_BITRATE if proto == "udp" and mode == "throughput" else 0.0
-    params = BenchParams(
-        protocol=proto,  # type: ignore[arg-type]  # checked by BenchParams
+    addr, params = make_params(
+        url,
+        protocol=protocol,
         mode=mode,
         streams=streams,
         duration=duration,
@@ -118,16 +206,43 @@ def run_client(
         reverse=reverse,
         gso=gso,
     )
-    if proto != "tls" and tls is not None:
+    if params.protocol != "tls" and tls is not None:
         raise ConfigError("TLS options apply to tls:// tests only: use a tls:// URL")
-    control_addr = Address("tls" if proto == "tls" else "tcp", addr.host, addr.port)
+    control_addr = Address("tls" if params.protocol == "tls" else "tcp", addr.host, addr.port)
     opts = SocketOptions(connect_timeout=connect_timeout)
-    control = sync.connect(control_addr, codec="json", tls=tls, options=opts)
     try:
-        return _Client(control, control_addr, params, tls, opts, on_interval).run()
-    finally:
-        with contextlib.suppress(OpenSocketError, OSError):
-            control.close()
+        control = _connect_control(control_addr, tls, opts, handshake_timeout)
+        try:
+            return _Client(control, control_addr, params, tls, opts, on_interval).run()
+        finally:
+            with contextlib.suppress(OpenSocketError, OSError):
+                control.close()
+    except OpenSocketError as exc:  # TLS 1.3 reports it on the first read, as a lost connection
+        if "CERTIFICATE_REQUIRED" in str(exc).upper():
+            raise TLSError(
+                f"{control_addr.hostport} requires a client certificate: pass --tls-cert FILE "
+                "--tls-key FILE (in Python: TLSOptions cert_file and key_file)"
+            ) from exc
+        raise
+
+
+def _connect_control(
+    addr: Address, tls: TLSOptions | None, opts: SocketOptions, handshake_timeout: float
+) -> sync.Connection:
+    """The control connection; a peer that does not answer as opensocket is a BenchFailed."""
+    proto = ProtocolOptions(handshake_timeout=handshake_timeout)
+    try:
+        return sync.connect(addr, codec="json", tls=tls, options=opts, protocol=proto)
+    except (HandshakeError, BadMagic, ProtocolError) as exc:
+        if isinstance(exc, BadMagic):
+            what = "answered with something other than the opensocket protocol"
+        elif isinstance(exc, TimeoutError):
+            what = f"did not answer the opensocket handshake within {handshake_timeout:g}s"
+        else:
+            what = f"failed the opensocket handshake ({exc})"
+        raise BenchFailed(
+            f"{addr.hostport} {what}: is this an opensocket bench server? {_SERVE_HINT}"
+        ) from exc
 
 
 class _Client:
@@ -152,13 +267,13 @@ class _Client:
         start = {
             "version": VERSION,
             "timestamp": time.time(),
-            "server": str(self.addr),
-            "local": control.local_address,
+            "server": f"{params.protocol}://{self.addr.hostport}",
+            "local": f"{params.protocol}://{hostport(control.local_address)}",
             "cookie": accept["cookie"],
             "params": params.to_dict(),
         }
         try:
-            self._open(cookie, [int(p) for p in accept.get("data_ports", [])])
+            self._open(cookie)
             expect(control, "ready", SETUP_TIMEOUT)
             side = self._run_side()
             control.send({"type": "results", "report": side.report()})
@@ -186,9 +301,11 @@ class _Client:
         side.finish()
         return side
 
-    def _open(self, cookie: bytes, ports: list[int]) -> None:
+    def _open(self, cookie: bytes) -> None:
         params = self.params
         udp = params.protocol == "udp" and params.mode == "throughput"
+        # the data streams go where the control connection went: same IP, same port
+        host = split_hostport(self.control.remote_address)[0]
         for i in range(params.streams):
             flow = Flow(i, udp=udp)
             self.flows.append(flow)
@@ -196,17 +313,17 @@ class _Client:
                 flow.conn = sync.connect(self.addr, codec="bytes", tls=self.tls, options=self.opts)
                 flow.conn.send(JOIN.pack(cookie, i))
             elif udp:
-                flow.sock = self._udp_socket(ports[i], cookie, i)
+                flow.sock = self._udp_socket(host, cookie, i)
             else:
-                flow.sock = self._tcp_socket(ports[0], cookie, i)
+                flow.sock = self._tcp_socket(host, cookie, i)
 
-    def _tcp_socket(self, port: int, cookie: bytes, index: int) -> socket.socket:
-        target = Address("tcp", self.addr.host, port)
+    def _tcp_socket(self, host: str, cookie: bytes, index: int) -> socket.socket:
+        target = Address("tcp", host, self.addr.port)
         sock: socket.socket = sync.open_socket(target, self.opts)
         sock.setblocking(True)
+        sock.sendall(JOIN.pack(cookie, index))  # in the clear: the server routes on it
         if self.params.protocol == "tls":
             sock = self._wrap(sock, target)
-        sock.sendall(JOIN.pack(cookie, index))
         return sock
 
     def _wrap(self, sock: socket.socket, target: Address) -> ssl.SSLSocket:
@@ -221,8 +338,9 @@ class _Client:
         wrapped.settimeout(None)
         return wrapped
 
-    def _udp_socket(self, port: int, cookie: bytes, index: int) -> socket.socket:
-        infos = socket.getaddrinfo(self.addr.host, port, type=socket.SOCK_DGRAM)
+    def _udp_socket(self, host: str, cookie: bytes, index: int) -> socket.socket:
+        port = self.addr.port
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         family, kind, proto, _, sockaddr = infos[0]
         sock = socket.socket(family, kind, proto)
         try:
@@ -236,7 +354,8 @@ class _Client:
                         break
             else:
                 raise BenchFailed(
-                    f"no answer to UDP datagrams sent to port {port}: a firewall may drop UDP"
+                    f"no answer to UDP datagrams sent to {host} port {port}: a firewall may "
+                    f"drop UDP (the bench server needs UDP port {port} open as well as TCP)"
                 )
             sock.settimeout(None)
             set_recv_timeout(sock, UDP_POLL)
