@@ -295,8 +295,19 @@ class Server(ServerBase):
 
     # ---- one thread per connection ---------------------------------------------------------
 
+    def _claim(self, sock: socket.socket) -> bool:
+        """A subclass may take an admitted socket before TLS and the handshake (for example to
+        share the port with another protocol): return True and the socket is its own. The
+        server releases the connection's admission slot. The base server takes none."""
+        return False
+
     def _serve_conn(self, sock: socket.socket, peer: str, ip: str | None) -> None:
         try:
+            if self._claim(sock):
+                with self._lock:
+                    self._admission.release(ip)
+                    self._reserved -= 1
+                return
             transport = self._secure(sock, peer, ip)
             if transport is None:
                 return

@@ -80,21 +80,15 @@ class _Listener(_SyncServer):
         super().__init__(**kwargs)
         self.on_data = on_data
 
-    def _serve_conn(self, sock: socket.socket, peer: str, ip: str | None) -> None:
+    def _claim(self, sock: socket.socket) -> bool:
         first = _peek(sock, self.limits.handshake_timeout)
         if first and first[0] in _FRAMED_FIRST:
-            super()._serve_conn(sock, peer, ip)
-            return
-        try:
-            if first:
-                self.on_data(sock)
-            else:
-                close_quietly(sock)
-        finally:
-            with self._lock:  # what _admit reserved for this connection
-                self._admission.release(ip)
-                self._reserved -= 1
-                self._threads.discard(threading.current_thread())
+            return False
+        if first:
+            self.on_data(sock)
+        else:
+            close_quietly(sock)
+        return True
 
 
 def _peek(sock: socket.socket, timeout: float) -> bytes:
