@@ -65,6 +65,8 @@ class SocketOptions:
 
 
 Codec = str
+Pattern = Literal["request", "reply", "publish", "subscribe", "push", "pull", "pair"]
+PATTERNS: tuple[Pattern, ...] = ("request", "reply", "publish", "subscribe", "push", "pull", "pair")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class ProtocolOptions:
     checksum: Literal["on", "off", "auto"] = "auto"
     max_queued_messages: int = 10_000
     max_queued_bytes: int = 64 * 1024 * 1024
+    pattern: Pattern | None = None
 
     def __post_init__(self) -> None:
         if not self.codecs:
@@ -106,6 +109,11 @@ class ProtocolOptions:
             raise ConfigError("the peer name must be at most 255 bytes of UTF-8")
         if self.checksum not in ("on", "off", "auto"):
             raise ConfigError("checksum must be 'on', 'off' or 'auto'")
+        if self.pattern is not None and self.pattern not in PATTERNS:
+            raise ConfigError(
+                f"unknown messaging pattern {self.pattern!r}: use one of {', '.join(PATTERNS)} "
+                "(or None for a plain link)"
+            )
 
 
 def merge_protocol_options(

@@ -61,6 +61,7 @@ def options(spec: dict[str, Any], secret: str | None) -> ProtocolOptions:
         name=spec["name"],
         checksum=spec["checksum"],
         secret=secret.encode() if secret is not None else None,
+        pattern=spec.get("pattern"),
     )
 
 
@@ -97,6 +98,8 @@ def single_frames() -> list[dict[str, Any]]:
         }
     )
     stamp = struct.pack(">d", 1.5)
+    pattern_options = options({**CLIENT_OPTIONS, "pattern": "request"}, None)
+    hello_pattern = build_hello(pattern_options, tls=False, nonce=CLIENT_NONCE)
     return [
         _frame("hello", FrameType.HELLO, hello),
         _frame("welcome", FrameType.WELCOME, welcome),
@@ -111,6 +114,7 @@ def single_frames() -> list[dict[str, Any]]:
         _frame("data_empty", FrameType.DATA, b""),
         _frame("data_meta", FrameType.DATA, b"payload", meta=b"\x01\x02\x03"),
         _frame("data_meta_no_checksum", FrameType.DATA, b"payload", checksum=False, meta=b"\x09"),
+        _frame("hello_pattern", FrameType.HELLO, hello_pattern),
     ]
 
 

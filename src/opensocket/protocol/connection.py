@@ -11,7 +11,7 @@ States and the frames each accepts (the same table for both roles)::
     HANDSHAKE  (server awaits HELLO, then AUTH; client awaits WELCOME, then AUTH_OK)
        │ handshake frames, ERROR, CLOSE
        ▼
-    OPEN       DATA, PING, PONG, CLOSE, ERROR
+    OPEN       DATA, PING, PONG, CLOSE, ERROR (+ pattern frames 0x21-0x3F when ``patterns``)
        │ close()                      ← CLOSE from the peer goes straight to CLOSED
        ▼
     CLOSING    DATA, PING, PONG, CLOSE, ERROR   (waits for the peer's CLOSE)
@@ -19,6 +19,11 @@ States and the frames each accepts (the same table for both roles)::
     CLOSED     terminal: input is ignored, ConnectionTerminated was emitted once
 
 Any protocol violation queues an ERROR frame and moves to CLOSED.
+
+Messaging-pattern frames (types 0x21-0x3F, docs/protocol.md section 13) pass only when the
+connection opted in: ``patterns=True``, or a messaging pattern agreed in the handshake
+(``ProtocolOptions.pattern`` on both sides). They then arrive among the messages, in order
+with DATA, as ``Frame`` objects, and go out with ``send_frame``/``send_frames``.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from .frame import (
     data_tail,
     encode_frame,
 )
+from .patterns import PatternFrame, bad_frame, pattern_parts
 
 __all__ = ["FramedConnection", "Role", "State"]
 
@@ -191,6 +197,7 @@ class FramedConnection:
         "messages_in",
         "messages_out",
         "options",
+        "patterns",
         "role",
         "rtt",
         "state",
@@ -209,8 +216,11 @@ class FramedConnection:
         idle_timeout: float | None = None,
         scratch: bytearray | None = None,
         nonce: bytes | None = None,
+        patterns: bool = False,
     ) -> None:
         self.role = role
+        # Pattern frames pass once open: forced here, or agreed in the handshake.
+        self.patterns = patterns
         self.options = opts = options or ProtocolOptions()
         self.tls = tls
         self.state = State.HANDSHAKE
@@ -396,6 +406,39 @@ class FramedConnection:
             for part in parts:
                 out += part
         self.messages_out += len(sizes)
+
+    def send_frame(
+        self, frame_type: int, meta: bytes, payload: bytes | bytearray | memoryview
+    ) -> None:
+        """Queue one messaging-pattern frame (type 0x21-0x3F) with its metadata."""
+        self.send_frames(((frame_type, meta, payload),))
+
+    def send_frames(self, frames: Sequence[PatternFrame]) -> None:
+        """Queue messaging-pattern frames ``(type, metadata, payload)``; all or none.
+
+        Raises ConnectionClosed unless open, ConfigError for a type outside 0x21-0x3F or when
+        pattern frames are off on this connection, FrameTooLarge over the peer's limit.
+        """
+        if self.state is not State.OPEN:
+            raise self.closed_exception()
+        if not self.patterns:
+            raise ConfigError(
+                "messaging-pattern frames are off on this connection: set "
+                "ProtocolOptions.pattern on both sides (or pass patterns=True)"
+            )
+        out = self._out
+        start = len(out)
+        try:
+            parts, total = pattern_parts(frames, checksum=self._checksum, limit=self._peer_max)
+            if total < JOIN_BELOW:
+                out += b"".join(parts)  # one C-level pass for a small batch
+            else:
+                for part in parts:
+                    out += part
+        except (TypeError, struct.error):
+            del out[start:]  # a part that is not bytes-like may only show up when joined
+            raise bad_frame(frames) from None
+        self.messages_out += len(frames)
 
     def _too_large(self, size: int) -> FrameTooLarge:
         return FrameTooLarge(
@@ -659,6 +702,8 @@ class FramedConnection:
         self._checksum = agreement.checksum
         self._decoder.require_checksum = agreement.checksum
         self._decoder.max_body = self.options.max_frame_size
+        self.patterns = self.patterns or agreement.pattern is not None
+        self._decoder.patterns = self.patterns
         self._peer_max = agreement.peer_max_frame_size
         self._interval = agreement.heartbeat
         self._heard = self._active = now
@@ -674,6 +719,8 @@ class FramedConnection:
                 heartbeat=agreement.heartbeat,
                 checksum=agreement.checksum,
                 authenticated=agreement.authenticated,
+                pattern=agreement.pattern,
+                peer_pattern=agreement.peer_pattern,
             )
         )
 

@@ -4,8 +4,10 @@ Buffers: while nothing is pending, a runtime may let the decoder read straight i
 shared scratch buffer (one per event loop), so an idle connection holds no receive buffer at
 all; only the tail of a frame cut by a read is copied into the connection's own buffer, which
 is dropped again once it drains. Complete DATA frames without metadata come out as plain
-``bytes`` (the hot path); every other frame comes out as a ``Frame`` together with the number
-of messages that preceded it, so callers can keep the order.
+``bytes`` (the hot path); DATA with metadata and, when ``patterns`` is on, messaging-pattern
+frames (0x21-0x3F) come out among the messages as ``Frame`` objects; every other frame comes
+out as a ``Frame`` together with the number of messages that preceded it, so callers can keep
+the order.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .frame import (
     KNOWN_FLAGS,
     MAGIC,
     MAGIC_VERSION,
+    PATTERN_FIRST,
+    PATTERN_LAST,
     SUPPORTED_VERSIONS,
     Frame,
 )
@@ -90,6 +94,7 @@ class FrameDecoder:
         "frames",
         "max_body",
         "messages",
+        "patterns",
         "require_checksum",
     )
 
@@ -98,6 +103,7 @@ class FrameDecoder:
     ) -> None:
         self.max_body = max_body
         self.require_checksum = True
+        self.patterns = False  # deliver messaging-pattern frames (0x21-0x3F) as messages
         self.messages: list[bytes | Frame] = []
         self.frames: list[tuple[int, Frame]] = []
         self._scratch = scratch
@@ -253,7 +259,9 @@ class FrameDecoder:
             raise ProtocolError(f"metadata length {meta_len} exceeds body length {body_len}")
         meta = bytes(view[start : start + meta_len])
         frame = Frame(ftype, flags, meta, bytes(view[start + meta_len : stop]))
-        if ftype == DATA:
+        if ftype == DATA or (self.patterns and PATTERN_FIRST <= ftype <= PATTERN_LAST):
+            # Pattern frames are messages, in order with DATA; their checksum was already
+            # checked by DATA's negotiated rule in ``_decode``.
             self.messages.append(frame)
             return False
         self.frames.append((len(self.messages), frame))

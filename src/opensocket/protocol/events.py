@@ -20,13 +20,16 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class HandshakeComplete(Event):
-    """The handshake succeeded; messages may flow."""
+    """The handshake succeeded; messages may flow. ``pattern``/``peer_pattern`` are the
+    messaging patterns both sides agreed on (None on a plain link)."""
 
     peer_name: str
     codec: str
     heartbeat: float
     checksum: bool
     authenticated: bool
+    pattern: str | None = None
+    peer_pattern: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

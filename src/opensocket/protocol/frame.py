@@ -27,6 +27,8 @@ from crc32c import crc32c
 __all__ = [
     "HEADER_SIZE",
     "MAGIC",
+    "PATTERN_FIRST",
+    "PATTERN_LAST",
     "VERSION",
     "Flags",
     "Frame",
@@ -39,6 +41,10 @@ VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
 HEADER_SIZE: Final = 16
 MAGIC_VERSION: Final = (MAGIC << 16) | (VERSION << 8)
+# Frame types of the messaging patterns (docs/protocol.md section 13): delivered like DATA
+# once a connection opted in, rejected as unexpected otherwise.
+PATTERN_FIRST: Final = 0x21
+PATTERN_LAST: Final = 0x3F
 
 HEADER: Final = struct.Struct(">IIBBHI")
 HEADER5: Final = struct.Struct(">IIHHI")  # type and flags read together as one 16-bit kind
@@ -103,7 +109,7 @@ def data_tail(size: int) -> tuple[bytes, int, bytes]:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A decoded non-DATA frame, or a DATA frame carrying metadata."""
+    """A decoded non-DATA frame, a DATA frame carrying metadata, or a messaging-pattern frame."""
 
     type: int
     flags: int
@@ -138,6 +144,20 @@ def encode_frame(
     if meta_len:
         out += meta
     out += payload
+
+
+def frame_head(
+    frame_type: int, meta: bytes, payload: bytes | bytearray | memoryview, checksum: bool
+) -> bytes:
+    """The 16-byte header of one frame carrying ``meta`` and ``payload`` (the CRC covers
+    header bytes 8-15, the metadata and the payload; nothing is copied)."""
+    meta_len = len(meta)
+    body_len = meta_len + len(payload)
+    if checksum:
+        tail = TAIL.pack(frame_type, CHECKSUM, meta_len, body_len)
+        crc = crc32c(payload, crc32c(meta, crc32c(tail)))
+        return DATA_HEADER.pack(MAGIC_VERSION, crc, tail)
+    return HEADER.pack(MAGIC_VERSION, 0, frame_type, 0, meta_len, body_len)
 
 
 def frame_bytes(

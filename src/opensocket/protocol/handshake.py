@@ -15,16 +15,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AuthenticationFailed, HandshakeError, NegotiationFailed
-from ..options import ProtocolOptions
+from ..options import PATTERNS, ProtocolOptions
 from .frame import SUPPORTED_VERSIONS
 
-__all__ = ["Agreement", "build_hello", "negotiate"]
+__all__ = ["PEER_PATTERN", "Agreement", "build_hello", "negotiate"]
 
 NONCE_SIZE = 16
 MAX_HANDSHAKE_BODY = 4096
 MAX_FRAME_FIELD = 0xFFFFFFFF
 SERVER_LABEL = b"opensocket/1 server proof"
 CLIENT_LABEL = b"opensocket/1 client proof"
+
+# The messaging pattern each pattern talks to (docs/protocol.md section 6.6).
+PEER_PATTERN: dict[str, str] = {
+    "request": "reply",
+    "reply": "request",
+    "publish": "subscribe",
+    "subscribe": "publish",
+    "push": "pull",
+    "pull": "push",
+    "pair": "pair",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +49,8 @@ class Agreement:
     checksum: bool
     peer_name: str
     authenticated: bool
+    pattern: str | None = None  # this side's messaging pattern, when the pair was agreed
+    peer_pattern: str | None = None
 
 
 def dump(obj: dict[str, Any]) -> bytes:
@@ -102,10 +115,43 @@ def build_hello(opts: ProtocolOptions, *, tls: bool, nonce: bytes) -> bytes:
         "checksum": wants_checksum(opts, tls),
         "name": opts.name,
     }
+    if opts.pattern is not None:  # absent otherwise: plain HELLOs stay byte for byte as before
+        body["pattern"] = opts.pattern
     if opts.secret is not None:
         body["auth"] = "hmac-sha256"
         body["nonce"] = nonce.hex()
     return dump(body)
+
+
+def _pattern_name(pattern: str | None) -> str:
+    return "no pattern (a plain link)" if pattern is None else repr(pattern)
+
+
+def peer_pattern(obj: dict[str, Any], what: str) -> str | None:
+    """Fetch the optional ``pattern`` field (absent: a plain link, as version 1 peers send)."""
+    if "pattern" not in obj:
+        return None
+    value: str = field(obj, "pattern", str, what)
+    if value not in PATTERNS:
+        raise NegotiationFailed(
+            f"{what} names messaging pattern {value[:40]!r}, which this side does not know "
+            f"(known: {', '.join(PATTERNS)})"
+        )
+    return value
+
+
+def check_patterns(client: str | None, server: str | None) -> None:
+    """Refuse a client/server pair of messaging patterns that cannot talk to each other."""
+    if client is None and server is None:
+        return
+    if client is not None and PEER_PATTERN[client] == server:
+        return
+    want = "a plain link" if client is None else f"a {PEER_PATTERN[client]!r} socket"
+    raise NegotiationFailed(
+        f"incompatible messaging patterns: the client has {_pattern_name(client)}, the server "
+        f"has {_pattern_name(server)}; the client needs {want} (pairs: request-reply, "
+        "publish-subscribe, push-pull, pair-pair; no pattern only with no pattern)"
+    )
 
 
 def _heartbeat(mine: float, theirs: float) -> float:
@@ -138,6 +184,8 @@ def negotiate(
     theirs_checksum: bool = field(hello, "checksum", bool, "HELLO")
     checksum = wants_checksum(opts, tls) or theirs_checksum
     name = field(hello, "name", str, "HELLO")[:255]
+    theirs_pattern = peer_pattern(hello, "HELLO")
+    check_patterns(theirs_pattern, opts.pattern)
     body: dict[str, Any] = {
         "version": common[-1],
         "codec": codec,
@@ -146,6 +194,8 @@ def negotiate(
         "checksum": checksum,
         "name": opts.name,
     }
+    if opts.pattern is not None:
+        body["pattern"] = opts.pattern
     agreement = Agreement(
         version=common[-1],
         codec=codec,
@@ -154,6 +204,8 @@ def negotiate(
         checksum=checksum,
         peer_name=name,
         authenticated=opts.secret is not None,
+        pattern=opts.pattern,
+        peer_pattern=theirs_pattern,
     )
     return body, agreement
 
@@ -167,6 +219,14 @@ def accept_welcome(opts: ProtocolOptions, welcome: dict[str, Any]) -> Agreement:
             f"the server chose version {version} / codec {codec!r}, not offered"
         )
     peer_max = frame_limit(welcome, "WELCOME", "server")
+    theirs_pattern = peer_pattern(welcome, "WELCOME")
+    if opts.pattern is not None and theirs_pattern is None:
+        raise NegotiationFailed(
+            f"the server answered without a messaging pattern, but this side is a "
+            f"{opts.pattern!r} socket: the server is a plain endpoint or does not support "
+            f"patterns; connect to a {PEER_PATTERN[opts.pattern]!r} socket"
+        )
+    check_patterns(opts.pattern, theirs_pattern)
     return Agreement(
         version=version,
         codec=codec,
@@ -175,6 +235,8 @@ def accept_welcome(opts: ProtocolOptions, welcome: dict[str, Any]) -> Agreement:
         checksum=bool(field(welcome, "checksum", bool, "WELCOME")),
         peer_name=field(welcome, "name", str, "WELCOME")[:255],
         authenticated=opts.secret is not None,
+        pattern=opts.pattern,
+        peer_pattern=theirs_pattern,
     )
 
 
