@@ -1,0 +1,359 @@
+"""The Redis backplane, sans I/O: a local mirror the hub reads, and a queue of Redis writes.
+
+The hub calls the ``Backplane`` methods synchronously, so this class never waits for Redis:
+reads come from a mirror of the shared state (rooms, members, topics, history, bans, nick
+owners) that every node keeps current from the cluster channel; writes update the mirror at
+once and queue an ``Op`` (Redis commands plus a state message for the other nodes' mirrors).
+The asyncio runtime (``opensocket.aio.chat_redis.RedisLink``) drains ``ops`` in pipelines,
+feeds the channel's messages to ``apply_state``/``Hub.deliver``, and reports the results of
+nick claims (``claim_result``), which are optimistic: a lost ``SET NX`` race becomes
+``Hub.nick_lost``. While Redis is down (``up`` False) nothing is queued: the mirror keeps
+serving local users and the runtime re-derives the writes with ``Hub.resync`` when it is back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final, Literal
+
+from .backplane import Backplane, BanKind, Envelope, RoomMeta
+
+__all__ = [
+    "CHANNEL",
+    "NICK_TTL_MS",
+    "Op",
+    "RedisBackplane",
+    "decode_envelope",
+    "encode_envelope",
+    "meta_from_hash",
+    "meta_to_hash",
+]
+
+PREFIX: Final = "chat:"
+CHANNEL: Final = "chat:events"  # envelopes and state messages, in publish order per node
+NICK_TTL_MS: Final = 60_000  # a crashed node's nicks expire within a minute
+IDLE_HISTORY_S: Final = 7 * 24 * 3600  # history of an empty unlocked room, instead of an LRU
+
+OpName = Literal["claim", "release", "create", "update", "join", "part", "history", "ban", "unban",
+                 "publish"]  # fmt: skip
+
+
+def nick_key_name(key: str) -> str:
+    """The Redis key holding a nick's owner node."""
+    return f"{PREFIX}nick:{key}"
+
+
+def room_key_name(key: str) -> str:
+    """The Redis hash holding a room's settings."""
+    return f"{PREFIX}room:{key}"
+
+
+def ban_key_name(kind: str) -> str:
+    """The Redis set holding banned nick keys or IPs."""
+    return f"{PREFIX}bans:{kind}"
+
+
+ROOMS_KEY: Final = f"{PREFIX}rooms"  # sorted set: room key -> member count
+
+
+def meta_to_hash(meta: RoomMeta) -> dict[str, str]:
+    """A room's settings as Redis hash fields (None fields are left out)."""
+    return {k: str(v) for k, v in asdict(meta).items() if v is not None}
+
+
+def meta_from_hash(fields: dict[str, str]) -> RoomMeta | None:
+    """The settings stored by ``meta_to_hash``; None if the hash is empty or damaged."""
+    if "name" not in fields:
+        return None
+    ts = fields.get("topic_ts")
+    try:
+        topic_ts = None if ts is None else float(ts)
+    except ValueError:
+        topic_ts = None
+    return RoomMeta(
+        name=fields["name"],
+        owner=fields.get("owner"),
+        password=fields.get("password"),
+        topic=fields.get("topic", ""),
+        topic_by=fields.get("topic_by"),
+        topic_ts=topic_ts,
+    )
+
+
+def encode_envelope(envelope: Envelope) -> str:
+    """The channel form of an envelope: JSON, ``data`` (event JSON) kept as a string."""
+    fields = {
+        "origin": envelope.origin,
+        "kind": envelope.kind,
+        "rooms": list(envelope.rooms),
+        "target": envelope.target,
+        "room": envelope.room,
+        "ip": envelope.ip,
+        "by": envelope.by,
+        "reason": envelope.reason,
+        "by_ip": envelope.by_ip,
+        "data": envelope.data.decode("utf-8", "replace"),
+    }
+    return json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":"))
+
+
+def decode_envelope(message: dict[str, Any]) -> Envelope:
+    """An envelope from its decoded channel form (KeyError/TypeError/ValueError if broken)."""
+    if message["kind"] not in ("rooms", "nick", "kick", "ban"):
+        raise ValueError(f"unknown envelope kind {message['kind']!r}")
+    return Envelope(
+        origin=str(message["origin"]),
+        kind=message["kind"],
+        data=str(message.get("data", "")).encode(),
+        rooms=tuple(str(r) for r in message.get("rooms", ())),
+        target=message.get("target"),
+        room=message.get("room"),
+        ip=message.get("ip"),
+        by=str(message.get("by", "")),
+        reason=message.get("reason"),
+        by_ip=bool(message.get("by_ip", False)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One queued write: ``name`` and ``args`` say what to do in Redis, ``state`` (if any) is
+    the message published on the channel so that other mirrors apply the same change."""
+
+    name: OpName
+    key: str = ""
+    args: tuple[Any, ...] = ()
+    state: str | None = None
+
+
+@dataclass(slots=True)
+class _Room:
+    meta: RoomMeta
+    members: dict[str, str] = field(default_factory=dict)  # nick key -> nick
+
+
+class RedisBackplane(Backplane):
+    """The hub's view of a Redis-backed cluster (see the module docstring)."""
+
+    def __init__(self, node: str = "") -> None:
+        self.node = node
+        self.up = False  # the runtime sets it once Redis answers
+        self.ops: deque[Op] = deque()
+        self.nicks: dict[str, str] = {}  # nick key -> owner node, as far as we know
+        self.rooms_: dict[str, _Room] = {}
+        self.history_: dict[str, deque[dict[str, Any]]] = {}
+        self.bans: set[tuple[str, str]] = set()
+        self.wakeup: Callable[[], None] | None = None  # the runtime's writer, told of new ops
+
+    # --- the queue --------------------------------------------------------------------------
+
+    def _queue(self, op: Op) -> None:
+        if not self.up:  # while down, writes are re-derived by Hub.resync instead
+            return
+        self.ops.append(op)
+        if len(self.ops) == 1 and self.wakeup is not None:
+            self.wakeup()
+
+    def _state(self, op: str, key: str, **fields: Any) -> str:
+        message = {**fields, "origin": self.node, "kind": "state", "op": op, "key": key}
+        return json.dumps(message, separators=(",", ":"))
+
+    def take_ops(self) -> list[Op]:
+        """Drain the queued writes, oldest first."""
+        ops = list(self.ops)
+        self.ops.clear()
+        return ops
+
+    def own_nicks(self) -> list[str]:
+        """The nick keys this node holds (for the heartbeat that renews them)."""
+        return [key for key, owner in self.nicks.items() if owner == self.node]
+
+    # --- results and remote changes, applied by the runtime ---------------------------------
+
+    def claim_result(self, key: str, owner: str | None) -> bool:
+        """Record who really holds a nick after our claim; True if we lost it."""
+        if owner is None or owner == self.node:
+            return False
+        self.nicks[key] = owner
+        return True
+
+    def apply_state(self, message: dict[str, Any]) -> None:
+        """Apply another node's state message to the mirror (KeyError/TypeError if broken)."""
+        op, key = message["op"], str(message["key"])
+        if op == "nick":
+            if self.nicks.get(key) != self.node:  # our own claim's result decides, not this
+                self.nicks[key] = str(message["node"])
+        elif op == "unnick":
+            if self.nicks.get(key) == message["node"]:
+                del self.nicks[key]
+        elif op == "room":
+            meta = RoomMeta(**message["meta"])
+            room = self.rooms_.get(key)
+            if room is None:
+                self.rooms_[key] = _Room(meta)
+            else:
+                room.meta = meta
+        elif op == "join":
+            room = self.rooms_.get(key)
+            if room is not None:
+                room.members[str(message["nick"]).lower()] = str(message["nick"])
+        elif op == "part":
+            self._remove(key, str(message["nick"]))
+        elif op == "history":
+            self._append(key, message["entry"], int(message["limit"]))
+        elif op == "ban":
+            self.bans.add((str(message["list"]), key))
+        elif op == "unban":
+            self.bans.discard((str(message["list"]), key))
+        else:
+            raise KeyError(op)
+
+    def load(
+        self,
+        nicks: dict[str, str],
+        rooms: dict[str, tuple[RoomMeta, dict[str, str]]],
+        history: dict[str, list[dict[str, Any]]],
+        bans: set[tuple[str, str]],
+    ) -> dict[str, RoomMeta]:
+        """Replace the mirror with what Redis holds now; return the rooms Redis lost (their
+        settings, so that the runtime can re-create those its local users are in)."""
+        lost = {k: room.meta for k, room in self.rooms_.items() if k not in rooms}
+        self.nicks = {k: v for k, v in nicks.items() if v != self.node}
+        self.rooms_ = {k: _Room(meta, dict(members)) for k, (meta, members) in rooms.items()}
+        self.history_ = {k: deque(v) for k, v in history.items()}
+        self.bans = set(bans)
+        return lost
+
+    # --- Backplane --------------------------------------------------------------------------
+
+    def attach(self, node: str) -> None:
+        """Register this node (one RedisBackplane per hub)."""
+        self.node = node
+
+    def detach(self, node: str) -> None:
+        """Release every nick this node holds."""
+        for key in self.own_nicks():
+            self.release_nick(key, node)
+
+    def claim_nick(self, key: str, node: str) -> bool:
+        """Optimistic: False if the mirror knows another owner, else ours until Redis says."""
+        owner = self.nicks.get(key)
+        if owner is not None and owner != node:
+            return False
+        if owner is None:
+            self.nicks[key] = node
+            self._queue(Op("claim", key, state=self._state("nick", key, node=node)))
+        return True
+
+    def release_nick(self, key: str, node: str) -> None:
+        """Free a nick held by ``node`` (no effect if another node holds it)."""
+        if self.nicks.get(key) == node:
+            del self.nicks[key]
+            self._queue(Op("release", key, state=self._state("unnick", key, node=node)))
+
+    def nick_owner(self, key: str) -> str | None:
+        """The node holding a nick, or None."""
+        return self.nicks.get(key)
+
+    def create_room(self, key: str, meta: RoomMeta) -> bool:
+        """Create a room; False if it already exists."""
+        if key in self.rooms_:
+            return False
+        self.rooms_[key] = _Room(meta)
+        self._queue(Op("create", key, (meta,), self._state("room", key, meta=asdict(meta))))
+        return True
+
+    def room_meta(self, key: str) -> RoomMeta | None:
+        """A room's settings, or None if it does not exist."""
+        room = self.rooms_.get(key)
+        return None if room is None else room.meta
+
+    def update_room(self, key: str, **changes: Any) -> RoomMeta | None:
+        """Change a room's settings; None if the room does not exist."""
+        room = self.rooms_.get(key)
+        if room is None:
+            return None
+        room.meta = replace(room.meta, **changes)
+        state = self._state("room", key, meta=asdict(room.meta))
+        self._queue(Op("update", key, (room.meta,), state))
+        return room.meta
+
+    def add_member(self, key: str, nick: str) -> None:
+        """Record ``nick`` as a member of the room (the room must exist)."""
+        room = self.rooms_.get(key)
+        if room is not None:
+            room.members[nick.lower()] = nick
+            self._queue(Op("join", key, (nick,), self._state("join", key, nick=nick)))
+
+    def remove_member(self, key: str, nick: str) -> int:
+        """Remove a member; return how many are left (0 deletes the room)."""
+        left = self._remove(key, nick)
+        self._queue(Op("part", key, (nick,), self._state("part", key, nick=nick)))
+        return left
+
+    def _remove(self, key: str, nick: str) -> int:
+        room = self.rooms_.get(key)
+        if room is None:
+            return 0
+        room.members.pop(nick.lower(), None)
+        if room.members:
+            return len(room.members)
+        del self.rooms_[key]
+        if room.meta.password is not None:  # a locked room's history dies with it
+            self.history_.pop(key, None)
+        return 0
+
+    def members(self, key: str) -> list[str]:
+        """The nicks in a room, sorted case-insensitively."""
+        room = self.rooms_.get(key)
+        return [] if room is None else [room.members[k] for k in sorted(room.members)]
+
+    def rooms(self) -> list[tuple[RoomMeta, int]]:
+        """Every existing room with its member count."""
+        return [(room.meta, len(room.members)) for room in self.rooms_.values()]
+
+    def room_count(self) -> int:
+        """How many rooms exist."""
+        return len(self.rooms_)
+
+    def append_history(self, key: str, entry: dict[str, Any], limit: int) -> None:
+        """Add an event dict to a room's history, keeping the last ``limit``."""
+        if limit <= 0:
+            return
+        self._append(key, entry, limit)
+        state = self._state("history", key, entry=entry, limit=limit)
+        self._queue(Op("history", key, (json.dumps(entry, separators=(",", ":")), limit), state))
+
+    def _append(self, key: str, entry: dict[str, Any], limit: int) -> None:
+        ring = self.history_.get(key)
+        if ring is None or ring.maxlen != limit:
+            ring = self.history_[key] = deque(ring or (), maxlen=limit)
+        ring.append(entry)
+
+    def history(self, key: str) -> list[dict[str, Any]]:
+        """A room's history, oldest first."""
+        return list(self.history_.get(key, ()))
+
+    def add_ban(self, kind: BanKind, value: str) -> None:
+        """Ban a nick key or an IP."""
+        self.bans.add((kind, value))
+        self._queue(Op("ban", value, (kind,), self._state("ban", value, list=kind)))
+
+    def remove_ban(self, kind: BanKind, value: str) -> bool:
+        """Lift a ban; False if there was none (in the mirror)."""
+        if (kind, value) not in self.bans:
+            return False
+        self.bans.discard((kind, value))
+        self._queue(Op("unban", value, (kind,), self._state("unban", value, list=kind)))
+        return True
+
+    def is_banned(self, kind: BanKind, value: str) -> bool:
+        """True if the nick key or IP is banned."""
+        return (kind, value) in self.bans
+
+    def publish(self, envelope: Envelope) -> None:
+        """Queue an envelope for the other nodes (dropped while Redis is down)."""
+        self._queue(Op("publish", state=encode_envelope(envelope)))
