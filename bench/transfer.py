@@ -3,16 +3,20 @@ bare Python socket pairs, all in the same run; plus the resume re-send fraction.
 
     python bench/transfer.py                      # 2 GiB, JSON in bench-transfer.json
     python bench/transfer.py --size-mib 256 --repeat 1 --json /tmp/t.json   # shortened
+    python bench/transfer.py --baseline-src /tmp/old/src   # also the opensocket rows of
+                                                           # another source tree: before/after
 
 Every peer is a separate process. Times run from the sender's start to the receiver's exit
 (the receiver has everything). Receivers that write (opensocket, socat-to-file) write into a
 folder on the same file system as the source (``--dir``, default /dev/shm if it has room,
-else /tmp); the others discard. The best of ``--repeat`` runs is kept for each row.
+else /tmp); the others discard. The best of ``--repeat`` rounds is kept for each row (a round
+runs every row once, so a load change on a shared machine hits all rows alike).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -98,18 +102,24 @@ def wait_port(port: int, proc: subprocess.Popen[Any], budget: float = 15.0) -> N
 
 
 def timed_pair(
-    server: list[str], client: list[str], port: int, inner: Callable[[str], float] | None = None
+    server: list[str],
+    client: list[str],
+    port: int,
+    inner: Callable[[str], float] | None = None,
+    env: dict[str, str] | None = None,
 ) -> float:
     """Start ``server``, wait for its port, time ``client`` until both exited.
 
     ``inner`` reads the client's own measurement from its stdout instead (interpreter start-up
     and imports excluded: C tools start in a millisecond, Python with its imports in ~0.5 s).
     """
-    srv = subprocess.Popen(server, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    srv = subprocess.Popen(server, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         wait_port(port, srv)
         start = time.perf_counter()
-        done = subprocess.run(client, check=True, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            client, check=True, capture_output=True, text=True, timeout=600, env=env
+        )
         srv.wait(timeout=600)
         elapsed = time.perf_counter() - start
         if inner is not None:
@@ -139,6 +149,8 @@ class Bench:
         self.dest = self.dir / "dest"
         self.certs = self.dir / "certs"
         self.rows: list[dict[str, Any]] = []
+        self.plan: list[tuple[str, Callable[[], float], str]] = []
+        self.baseline: str | None = args.baseline_src
 
     def prepare(self) -> None:
         need = 3 * self.size + (64 << 20)
@@ -160,23 +172,36 @@ class Bench:
         self.dest.mkdir()
 
     def measure(self, name: str, run: Callable[[], float], note: str = "") -> None:
-        best = None
-        for _ in range(self.repeat):
-            self.clean_dest()
-            try:
-                seconds = run()
-            except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-                self.rows.append({"name": name, "error": str(exc), "note": note})
-                return
-            best = seconds if best is None else min(best, seconds)
-        assert best is not None
-        self.rows.append(
-            {"name": name, "seconds": best, "gbps": self.size / best / GB, "note": note}
-        )
+        """Add a row; ``execute`` runs it."""
+        self.plan.append((name, run, note))
+
+    def execute(self) -> None:
+        """Run every row once per round, ``repeat`` rounds, and keep each row's best: rounds
+        interleave the rows, so a load change on a shared machine hits all rows alike."""
+        best: dict[str, float] = {}
+        errors: dict[str, str] = {}
+        for round_ in range(self.repeat):
+            # every other round backwards: no row always runs first (after the file is made)
+            for name, run, _note in self.plan if round_ % 2 == 0 else self.plan[::-1]:
+                if name in errors:
+                    continue
+                self.clean_dest()
+                try:
+                    seconds = run()
+                except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                    errors[name] = str(exc)
+                    continue
+                best[name] = min(seconds, best.get(name, seconds))
+        for name, _run, note in self.plan:
+            if name in errors:
+                self.rows.append({"name": name, "error": errors[name], "note": note})
+            else:
+                gbps = self.size / best[name] / GB
+                self.rows.append({"name": name, "seconds": best[name], "gbps": gbps, "note": note})
 
     # -- the peers ---------------------------------------------------------------------------
 
-    def opensocket(self, scheme: str, *extra: str) -> float:
+    def opensocket(self, scheme: str, *extra: str, src: str | None = None) -> float:
         port = free_port()
         url = f"{scheme}://127.0.0.1:{port}"
         recv = [PY, "-m", "opensocket", "receive", "--listen", url, "--dir", str(self.dest)]
@@ -189,7 +214,8 @@ class Bench:
             send.append(url)
         flags = list(extra) or ["--no-code"]
         recv, send = [*recv, "-q", *flags], [*send, "-q", *flags]
-        elapsed = timed_pair(recv, send, port, _summary_seconds)
+        env = None if src is None else os.environ | {"PYTHONPATH": src}
+        elapsed = timed_pair(recv, send, port, _summary_seconds, env)
         if (self.dest / "source.bin").stat().st_size != self.size:
             raise RuntimeError("opensocket: the received file has the wrong size")
         return elapsed
@@ -205,7 +231,7 @@ class Bench:
         finally:
             srv.wait(timeout=30)
         bps = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
-        return self.size / (bps / 8)
+        return float(self.size / (bps / 8))
 
     def socat(self, to_file: bool) -> float:
         port = free_port()
@@ -275,15 +301,20 @@ class Bench:
         }
 
     def run_all(self) -> None:
-        self.measure("opensocket tcp (verified, written)", lambda: self.opensocket("tcp"))
-        self.measure(
-            "opensocket tls (verified, written)",
-            lambda: self.opensocket("tls", "--timeout", "60"),
-        )
-        self.measure(
-            "opensocket tcp --code (AES-GCM)",
-            lambda: self.opensocket("tcp", "--code", "1-bench-code-phrase"),
-        )
+        sources: list[tuple[str, str | None]] = [("", None)]
+        if self.baseline:
+            sources.append((" (baseline)", self.baseline))
+        for tag, src in sources:
+            run = functools.partial(self.opensocket, src=src)
+            self.measure(f"opensocket tcp (verified, written){tag}", functools.partial(run, "tcp"))
+            self.measure(
+                f"opensocket tls (verified, written){tag}",
+                functools.partial(run, "tls", "--timeout", "60"),
+            )
+            self.measure(
+                f"opensocket tcp --code (AES-GCM){tag}",
+                functools.partial(run, "tcp", "--code", "1-bench-code-phrase"),
+            )
         self.measure("iperf3 -l 1M", lambda: self.iperf3("-l", "1M"), "no disk, no hash")
         self.measure("iperf3 (default -l)", lambda: self.iperf3(), "no disk, no hash")
         self.measure("socat -u FILE to file", lambda: self.socat(True), "writes, no hash")
@@ -291,6 +322,7 @@ class Bench:
         self.measure("nc < FILE > /dev/null", self.nc, "no disk")
         self.measure("python sendall/recv_into", lambda: self.bare(False), "no disk, no hash")
         self.measure("python ssl pair", lambda: self.bare(True), "no disk, no hash")
+        self.execute()
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -327,9 +359,14 @@ def main() -> int:
     default_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     parser.add_argument("--dir", default=default_dir, help=f"work folder (default {default_dir})")
     parser.add_argument("--json", default="bench-transfer.json", help="JSON report path")
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="also run the opensocket rows with PYTHONPATH=DIR (another checkout's src folder)",
+    )
     args = parser.parse_args()
     bench = Bench(args)
-    console = Console()
+    console = Console(width=max(Console().width, 110))  # row names stay whole in a pipe
     try:
         bench.prepare()
         bench.run_all()

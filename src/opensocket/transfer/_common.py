@@ -14,6 +14,7 @@ from .protocol import BLOCK, BlockHasher
 
 __all__ = ["FileResult", "Options", "Progress", "TransferSummary", "hash_prefix"]
 
+Job = Callable[[], None]
 SEEK_DATA: Final = getattr(os, "SEEK_DATA", 3)
 SEEK_HOLE: Final = getattr(os, "SEEK_HOLE", 4)
 
@@ -171,41 +172,47 @@ def hash_prefix(fd: int, hasher: BlockHasher, end: int, buf: bytearray) -> None:
 
 
 class Worker:
-    """One background thread running jobs in order (the receiver's hashing and writing), so
-    that the socket is read while the previous block is hashed and written; hashing and
+    """One background thread running jobs in order (the receiver's hashing, its writing), so
+    that the socket is read while earlier blocks are hashed and written; hashing and
     ``pwrite`` release the GIL. The first error stops later jobs and is raised by the next
-    ``submit`` or ``drain``."""
+    ``submit`` or ``drain``. A job's ``cleanup`` runs even when the job is skipped, so the
+    buffers it holds always come back (a reader waiting for one must not hang)."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Job, Job | None] | None] = queue.Queue()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
+            item = self._jobs.get()
+            if item is None:
+                self._jobs.task_done()
+                return
+            job, cleanup = item
             try:
-                if job is None:
-                    return
                 if self.error is None:
                     job()
             except BaseException as exc:  # handed to the main thread
                 self.error = exc
             finally:
+                if cleanup is not None:
+                    cleanup()
                 self._jobs.task_done()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue a job; raise the error of an earlier one."""
-        self._check()
-        self._jobs.put(job)
+    def submit(self, job: Job, cleanup: Job | None = None) -> None:
+        """Queue a job (and what to do after it, run or skipped); raise an earlier error."""
+        self._jobs.put((job, cleanup))
+        self.check()
 
     def drain(self) -> None:
         """Wait until every queued job ran; raise the first error."""
         self._jobs.join()
-        self._check()
+        self.check()
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Raise the error of an earlier job."""
         if self.error is not None:
             raise self.error
 
@@ -214,3 +221,18 @@ class Worker:
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
+
+
+class Release:
+    """Gives a buffer back to its pool once ``users`` jobs are done with it."""
+
+    def __init__(self, pool: queue.SimpleQueue[bytearray], buf: bytearray, users: int) -> None:
+        self._pool, self._buf, self._users = pool, buf, users
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self._pool.put(self._buf)

@@ -33,6 +33,7 @@ from ..sync._connect import open_socket
 from .crypto import TAG, Pake, RecordCipher
 from .protocol import (
     HEADER,
+    MAX_DATA,
     VERSION,
     Header,
     Machine,
@@ -185,6 +186,11 @@ class Link:
         self.received = 0
         self._head = bytearray(HEADER.size)
         self._plain = not isinstance(sock, ssl.SSLSocket)
+        # MSG_WAITALL: one recv call per record instead of one per 64 KiB that arrived
+        # (each call costs Python overhead and a GIL round trip); SSL sockets take no flags.
+        self._waitall = socket.MSG_WAITALL if self._plain else 0
+        self._sealed_out: bytearray | None = None  # scratch for sealing (AEAD), reused
+        self._sealed_in: bytearray | None = None  # scratch for sealed payloads, reused
         self.pending: tuple[Header, bytes, memoryview] | None = None
 
     @property
@@ -212,7 +218,9 @@ class Link:
         length = len(payload) + (TAG if self.out is not None else 0)
         header = pack_header(rtype, length, arg, flags)
         if self.out is not None:
-            payload = self.out.seal(header, payload)
+            if self._sealed_out is None:
+                self._sealed_out = bytearray(MAX_DATA)
+            payload = self.out.seal(header, payload, self._sealed_out)
         try:
             if self._plain:
                 self._sendmsg(header, payload)
@@ -264,7 +272,7 @@ class Link:
         got, total = 0, len(view)
         try:
             while got < total:
-                count = self.sock.recv_into(view[got:])
+                count = self.sock.recv_into(view[got:], total - got, self._waitall)
                 if not count:
                     raise self._lost()
                 got += count
@@ -281,14 +289,20 @@ class Link:
 
     def recv_payload(self, head: Header, raw: bytes, into: bytearray | None = None) -> memoryview:
         """Read a record's payload (into ``into`` when given) and open its seal."""
-        buf = into if into is not None and len(into) >= head.length else bytearray(head.length)
-        view = memoryview(buf)[: head.length]
-        self._fill(view)
         if self.into is None:
+            buf = into if into is not None and len(into) >= head.length else None
+            view = memoryview(buf if buf is not None else bytearray(head.length))[: head.length]
+            self._fill(view)
             return view
         if head.length < TAG:
             raise TransferProtocolError(f"record {head.type.name} is shorter than its AEAD tag")
-        return memoryview(self.into.open(raw, view))
+        if self._sealed_in is None:
+            self._sealed_in = bytearray(MAX_DATA)
+        # the sealed bytes land in a scratch buffer and open into ``into``: no allocation
+        scratch = self._sealed_in if head.length <= MAX_DATA else bytearray(head.length)
+        sealed = memoryview(scratch)[: head.length]
+        self._fill(sealed)
+        return memoryview(self.into.open(raw, sealed, into))
 
     def recv_header_payload(self, rtype: Rec, timeout: float) -> tuple[Header, bytes, memoryview]:
         """The first record, which must be ``rtype``, within ``timeout`` seconds."""

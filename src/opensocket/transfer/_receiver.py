@@ -25,7 +25,16 @@ from ..errors import (
     TransferProtocolError,
 )
 from ..options import TLSOptions
-from ._common import FileResult, NoProgress, Options, Progress, TransferSummary, Worker, hash_prefix
+from ._common import (
+    FileResult,
+    NoProgress,
+    Options,
+    Progress,
+    Release,
+    TransferSummary,
+    Worker,
+    hash_prefix,
+)
 from ._jail import Jail, part_names
 from ._link import Link, hash_factory, local_hashes, open_link, opening
 from .protocol import (
@@ -44,7 +53,7 @@ from .protocol import field as get_field
 
 __all__ = ["receive"]
 
-_BUFFERS = 4  # blocks in flight between the socket reader and the writer thread
+_BUFFERS = 6  # blocks in flight between the socket reader and the hash and write threads
 
 
 @dataclass
@@ -89,7 +98,10 @@ class _Receiver:
         self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(_BUFFERS):
             self.free.put(bytearray(MAX_DATA))
-        self.worker = Worker("opensocket-receive")
+        # hashing and writing each take about half of a block's time and both release the
+        # GIL: two threads run them side by side (one thread doing both was the bottleneck)
+        self.hashing = Worker("opensocket-hash")
+        self.writing = Worker("opensocket-write")
         self.new_hash: Any = None
         self.zstd: Any = None
         self.plans: dict[int, _Plan] = {}
@@ -255,33 +267,37 @@ class _Receiver:
         self.progress.file(entry.path, entry.size, start)
 
     def _queue(self, buf: bytearray, offset: int, flags: int, payload: memoryview) -> None:
+        """Check a DATA block here, then hash it and write it in the two worker threads."""
         cur = self.current
         assert cur is not None  # the machine allows DATA only after FILE
-
-        def job() -> None:
-            try:
-                self._data(cur, offset, flags, payload)
-            finally:
-                self.free.put(buf)
-
         try:
-            self.worker.submit(job)
+            block = self._unpack(flags, payload)
+            before = cur.check.next
+            cur.check.block(offset, len(block))
         except BaseException:
             self.free.put(buf)
             raise
+        advance = cur.check.next - before
+        release = Release(self.free, buf, 2)
+        try:
+            self.hashing.submit(lambda: self._hash(cur, offset, block), release)
+        finally:  # queued even then: its cleanup is the buffer's second release
+            self.writing.submit(lambda: self._store(cur, offset, block, advance), release)
 
-    def _data(self, cur: _Current, offset: int, flags: int, payload: memoryview) -> None:
-        """Check, hash and write one block (in the worker thread)."""
-        block = self._unpack(flags, payload)
-        before = cur.check.next
-        cur.check.block(offset, len(block))
+    @staticmethod
+    def _hash(cur: _Current, offset: int, block: memoryview) -> None:
+        """Hash one block (in the hash thread), the holes before it as zero blocks."""
         cur.hasher.zeros_until(offset)
         cur.hasher.update(block)
+
+    def _store(self, cur: _Current, offset: int, block: memoryview, advance: int) -> None:
+        """Write one block (in the write thread); sync and record the offset now and then."""
         self._write(cur, block, offset)
         self.summary.data_bytes += len(block)
-        self.progress.advance(cur.check.next - before)
-        if cur.check.next - cur.synced >= self.opts.sync_every:
-            self._sync(cur)
+        self.progress.advance(advance)
+        end = offset + len(block)
+        if end - cur.synced >= self.opts.sync_every:
+            self._sync(cur, end)
 
     def _unpack(self, flags: int, payload: memoryview) -> memoryview:
         if not flags & FLAG_ZSTD:
@@ -313,15 +329,19 @@ class _Receiver:
                 f"cannot write {cur.plan.entry.path}: {exc.strerror or exc}"
             ) from exc
 
-    def _sync(self, cur: _Current) -> None:
+    def _sync(self, cur: _Current, end: int) -> None:
         os.fdatasync(cur.fd)
-        cur.synced = cur.check.next
+        cur.synced = end
         entry = cur.plan.entry
         state = {"v": 1, "size": entry.size, "mtime_ns": entry.mtime_ns, "hash": self.summary.hash}
         self.jail.write_state(cur.dir_fd, cur.state, state | {"synced": cur.synced})
 
+    def _drain(self) -> None:
+        self.writing.drain()
+        self.hashing.drain()
+
     def _end(self, digest: bytes) -> None:
-        self.worker.drain()
+        self._drain()
         cur = self.current
         assert cur is not None
         self.current = None
@@ -362,7 +382,7 @@ class _Receiver:
         self.progress.file_done(entry.path, True)
 
     def _finish(self) -> None:
-        self.worker.drain()
+        self._drain()
         for index, plan in self.plans.items():
             if plan.action == "send" and index not in self.started:
                 plan.action = "missing"
@@ -383,8 +403,9 @@ class _Receiver:
     def abandon(self) -> str:
         """Close the current partial file (kept for a resume); say where it is."""
         with contextlib.suppress(BaseException):
-            self.worker.drain()  # what arrived is written before the partial file is closed
-        self.worker.stop()
+            self.writing.drain()  # what arrived is written before the partial file is closed
+        self.writing.stop()
+        self.hashing.stop()
         cur, self.current = self.current, None
         if cur is None:
             return ""

@@ -120,6 +120,8 @@ class RecordCipher:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         self._aead = AESGCM(key)
+        # encrypt_into/decrypt_into are recent (cryptography 48 has them); older: allocate
+        self._in_place = hasattr(self._aead, "encrypt_into") and hasattr(self._aead, "decrypt_into")
         self._counter = 0
 
     def _nonce(self) -> bytes:
@@ -127,16 +129,36 @@ class RecordCipher:
         self._counter += 1
         return nonce
 
-    def seal(self, header: bytes, payload: bytes | bytearray | memoryview) -> bytes:
-        """Encrypt and authenticate ``payload`` bound to ``header`` (length includes the tag)."""
-        return self._aead.encrypt(self._nonce(), payload, header)
+    def seal(
+        self,
+        header: bytes,
+        payload: bytes | bytearray | memoryview,
+        into: bytearray | None = None,
+    ) -> bytes | memoryview:
+        """Encrypt and authenticate ``payload`` bound to ``header`` (length includes the tag),
+        into the start of ``into`` when given (no new 1 MiB buffer per record)."""
+        if into is None or not self._in_place or len(into) < len(payload) + TAG:
+            return self._aead.encrypt(self._nonce(), payload, header)
+        out = memoryview(into)[: len(payload) + TAG]
+        self._aead.encrypt_into(self._nonce(), payload, header, out)
+        return out
 
-    def open(self, header: bytes | bytearray | memoryview, sealed: bytes | memoryview) -> bytes:
-        """Decrypt a payload; TransferProtocolError if it was altered, reordered or replayed."""
+    def open(
+        self,
+        header: bytes | bytearray | memoryview,
+        sealed: bytes | memoryview,
+        into: bytearray | None = None,
+    ) -> bytes | memoryview:
+        """Decrypt a payload (into the start of ``into`` when given, which must not overlap
+        ``sealed``); TransferProtocolError if it was altered, reordered or replayed."""
         from cryptography.exceptions import InvalidTag
 
         try:
-            return self._aead.decrypt(self._nonce(), sealed, bytes(header))
+            if into is None or not self._in_place or len(into) < len(sealed) - TAG:
+                return self._aead.decrypt(self._nonce(), sealed, bytes(header))
+            out = memoryview(into)[: len(sealed) - TAG]
+            self._aead.decrypt_into(self._nonce(), sealed, bytes(header), out)
+            return out
         except InvalidTag:
             raise TransferProtocolError(
                 "a record failed authentication: the data was altered in transit"
