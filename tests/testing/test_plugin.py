@@ -87,6 +87,26 @@ def test_udp_loss(background_server, fault_proxy):
         with pytest.raises(TimeoutError):
             sock.recv(10)
     assert proxy.stats["down"]["dropped"] == 1
+
+
+def test_rudp_upstream(fault_proxy):
+    async def echo(conn):
+        async for message in conn:
+            await conn.send(message)
+
+    async def scenario():
+        server = await aio.serve("rudp://127.0.0.1:0", echo)
+        proxy = fault_proxy(server.url, seed=1)  # a rudp:// proxy, forwarding UDP
+        assert proxy.url.startswith("rudp://")
+        proxy.loss(0.2)
+        async with await aio.connect(proxy.url) as conn:
+            for i in range(20):
+                await conn.send(b"%d" % i)
+            got = [await conn.recv(timeout=10) for _ in range(20)]
+        await server.close()
+        return got
+
+    assert asyncio.run(scenario()) == [b"%d" % i for i in range(20)]
 """
 
 
@@ -103,7 +123,7 @@ def test_user_tests_pass_and_clean_up(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_user=USER_TESTS)
     fds = fd_count()
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-W", "error")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
     assert not _ours()
     assert fd_count() == fds
 

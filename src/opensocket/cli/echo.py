@@ -90,6 +90,7 @@ examples:
   opensocket echo tcp://127.0.0.1:9000 --codec json       # to a server started with --codec json
   opensocket echo tcp://127.0.0.1:9001 --raw              # line-oriented raw stream
   opensocket echo udp://127.0.0.1:9002 --count 3
+  opensocket echo rudp://127.0.0.1:9004 --codec json      # reliable UDP
   opensocket echo tls://localhost:9443 --tls-ca certs/ca.pem
 
 run an echo server with 'opensocket echo serve URL' (see 'opensocket echo serve --help').
@@ -98,11 +99,13 @@ run an echo server with 'opensocket echo serve URL' (see 'opensocket echo serve 
 _SERVER_EPILOG: Final = """\
 prints the bound addresses (the real port when port 0 was asked) and the command that
 connects to each; --json prints one JSON line instead, whose "listeners" give each address
-with its mode (framed, raw or udp) and command. Runs until Ctrl-C or SIGTERM, then
+with its mode (framed, raw, rudp or udp) and command. Runs until Ctrl-C or SIGTERM, then
 closes every connection gracefully and prints a summary. A framed server accepts the codecs
 bytes and json, and msgpack when it is installed (pip install 'opensocket[msgpack]'), unless
 --codec narrows them. The framed-protocol options (--codec, --secret-env, ...) do not apply to
---raw or to udp:// addresses, nor the TLS options to anything but tls:// addresses.
+--raw or to udp:// and rudp:// addresses, nor the TLS options to anything but tls://
+addresses. A rudp:// (reliable UDP) address echoes every message on the channel it came on,
+whatever the client's codec.
 
 examples:
   opensocket echo serve tcp://127.0.0.1:9000
@@ -110,6 +113,7 @@ examples:
   opensocket echo serve tcp://127.0.0.1:9000 --codec json   # JSON payloads only
   opensocket echo serve tcp://127.0.0.1:9001 --raw          # talk to it with nc or socat
   opensocket echo serve udp://127.0.0.1:9002
+  opensocket echo serve rudp://127.0.0.1:9004               # reliable UDP
   opensocket echo serve unix:///tmp/echo.sock 'tcp://[::1]:9000'
   opensocket cert                                           # makes certs/ for the next line
   opensocket echo serve tls://127.0.0.1:9443 \\
@@ -123,7 +127,9 @@ def configure(parser: argparse.ArgumentParser, name: str = "echo") -> None:
         _configure_server(parser)
         return
     parser.epilog = _CLIENT_EPILOG
-    parser.add_argument("url", metavar="URL", help="tcp://, tls://, unix:// or udp:// address")
+    parser.add_argument(
+        "url", metavar="URL", help="tcp://, tls://, unix://, udp:// or rudp:// address"
+    )
     parser.add_argument("--raw", action="store_true", help="raw byte stream, one line per message")
     parser.add_argument("-c", "--count", type=int, metavar="N", help="send N messages, not stdin")
     parser.add_argument("-m", "--message", metavar="TEXT", help="what to send (default: hello)")
@@ -146,7 +152,10 @@ def configure(parser: argparse.ArgumentParser, name: str = "echo") -> None:
 def _configure_server(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _SERVER_EPILOG
     parser.add_argument(
-        "urls", nargs="+", metavar="URL", help="tcp://, tls://, unix:// or udp:// addresses"
+        "urls",
+        nargs="+",
+        metavar="URL",
+        help="tcp://, tls://, unix://, udp:// or rudp:// addresses",
     )
     parser.add_argument("--raw", action="store_true", help="echo raw bytes instead of messages")
     add_server_args(parser)

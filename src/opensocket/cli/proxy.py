@@ -42,6 +42,7 @@ examples:
   opensocket proxy tcp://127.0.0.1:9001 tcp://127.0.0.1:9000 --reset-after-bytes 1000 \\
       --direction down
   opensocket proxy udp://127.0.0.1:9003 udp://127.0.0.1:9002 --loss 0.1 --seed 1
+  opensocket proxy rudp://127.0.0.1:9005 rudp://127.0.0.1:9004 --loss 0.1   # reliable UDP
   opensocket proxy tcp://127.0.0.1:9001 tcp://127.0.0.1:9000 --inspect --json
   opensocket proxy tcp://127.0.0.1:9001 tcp://127.0.0.1:9000 --control unix:///tmp/px.sock
   opensocket proxy ctl unix:///tmp/px.sock add latency --delay 100ms --direction up
@@ -69,7 +70,9 @@ def configure(parser: argparse.ArgumentParser, name: str = "proxy") -> None:
         _configure_ctl(parser)
         return
     parser.epilog = _PROXY_EPILOG
-    parser.add_argument("listen", metavar="LISTEN", help="address to listen on")
+    parser.add_argument(
+        "listen", metavar="LISTEN", help="address to listen on: tcp://, unix://, udp:// or rudp://"
+    )
     parser.add_argument("upstream", metavar="UPSTREAM", help="address to forward to")
     faults = parser.add_argument_group("faults in force from the start")
     faults.add_argument("--latency", metavar="TIME", help="added delay, e.g. 50ms")

@@ -84,7 +84,7 @@ def fault_proxy() -> Iterator[Callable[..., BackgroundProxy]]:
     """Factory: ``fault_proxy(upstream, protocol=None, *, listen=None, seed=0, **kwargs)``.
 
     ``upstream`` is a URL, a ``(host, port)`` pair or a ``background_server``; ``protocol``
-    (``tcp`` or ``udp``) defaults to the upstream's scheme. The proxy listens on
+    (``tcp``, ``udp`` or ``rudp``) defaults to the upstream's scheme. The proxy listens on
     ``listen`` (default: 127.0.0.1, a free port, same protocol); its RNG is seeded with
     ``seed``, so random faults repeat from run to run.
     """
@@ -102,7 +102,9 @@ def fault_proxy() -> Iterator[Callable[..., BackgroundProxy]]:
     ) -> BackgroundProxy:
         url = _upstream_url(upstream, protocol)
         if listen is None:
-            listen = "udp://127.0.0.1:0" if url.startswith("udp://") else "tcp://127.0.0.1:0"
+            scheme = url.split("://", 1)[0]
+            # datagram upstreams (udp://, rudp://) get a proxy of the same scheme
+            listen = f"{scheme}://127.0.0.1:0" if scheme in ("udp", "rudp") else "tcp://127.0.0.1:0"
         proxy = BackgroundProxy(listen, url, seed=seed, **kwargs)
         proxy.start()
         started.append(proxy)
