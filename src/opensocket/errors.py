@@ -50,6 +50,7 @@ The tree::
     ├── ConnectionClosed (ConnectionError)     the connection is closed (has .code, .reason)
     │   ├── ConnectionClosedOK                 closed normally
     │   └── ConnectionClosedError              closed by an error, a timeout or a lost link
+    │       └── PeerDisconnected               the other side of a file transfer went away
     └── OperationTimeout (TimeoutError)
         ├── ReadTimeout
         ├── WriteTimeout
@@ -98,6 +99,7 @@ __all__ = [
     "OpenSocketError",
     "OperationTimeout",
     "PathRefused",
+    "PeerDisconnected",
     "PeerFailed",
     "ProtocolError",
     "QueueFull",
@@ -381,6 +383,18 @@ class ConnectionClosedOK(ConnectionClosed):
 
 class ConnectionClosedError(ConnectionClosed):
     """The connection was closed by an error, a timeout or a lost link."""
+
+
+class PeerDisconnected(ConnectionClosedError):
+    """The other side went away mid-transfer (killed, crashed, or its link dropped)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(CloseCode.ABNORMAL, message, by_peer=True)
+
+    def __str__(self) -> str:
+        # the close-code wording ("closed by peer: abnormal (1006)") means nothing to a user
+        # of send/receive: the message says who went away, once
+        return self.reason
 
 
 class OperationTimeout(OpenSocketError, TimeoutError):

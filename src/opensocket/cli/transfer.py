@@ -23,32 +23,34 @@ Either side may listen: 'send PATH... URL' connects to a 'receive --listen URL',
 'send --listen URL PATH...' waits for a 'receive URL'. Folders are sent recursively (relative
 paths, sizes, times, permissions; empty folders; sparse files stay sparse). Every file is
 verified with BLAKE3 (or SHA-256) and renamed into place only when it matches. An interrupted
-transfer resumes where it stopped when the same command is run again.
+transfer resumes where it stopped when the same commands are run again (files that arrived
+complete, with the same size and time, are reported as already there and not sent again).
 
 On tcp:// the listening side makes up a code phrase (unless --code or --no-code is given) that
 the other side must give with --code: SPAKE2 authenticates both sides with it and the data is
 encrypted (AES-256-GCM). tls:// uses certificates instead (--tls-* options).
 
 examples:
-  opensocket receive --listen tcp://0.0.0.0:9000 --dir inbox     # prints a code phrase
-  opensocket send photos/ notes.txt tcp://192.168.1.20:9000 --code 482-ember-walnut-tiger
-  opensocket send --listen tcp://0.0.0.0:9000 --code my-secret big.iso
-  opensocket send --no-code --json big.iso tcp://127.0.0.1:9000   # plain TCP, JSON summary
-  opensocket send report.pdf tls://files.example.org:9443 --tls-ca ca.pem
+  opensocket receive --listen tcp://0.0.0.0:9009 --dir inbox     # prints a code phrase
+  opensocket send photos/ notes.txt tcp://192.168.1.20:9009 --code 482-ember-walnut-tiger
+  opensocket send --listen tcp://0.0.0.0:9009 --code my-secret big.iso
+  opensocket send --no-code --json big.iso tcp://127.0.0.1:9009   # plain TCP, JSON summary
+  opensocket send report.pdf tls://files.example.org:9009 --tls-ca ca.pem
 """
 
 _RECEIVE_EPILOG: Final = """\
 Files land in --dir (default: the current folder, created if missing) and never outside it:
 absolute paths, '..', symlinks, devices and invalid names from the sender are refused. An
-existing file is not replaced unless --overwrite (or kept with --skip-existing). Free space is
+existing file with the offered size and time counts as already there (ok, not sent again); one
+that differs is not replaced unless --overwrite (or kept with --skip-existing). Free space is
 checked first; a full disk keeps the partial file for a resume. Exit code 0 when every file
 arrived verified, 1 otherwise, 2 for a usage error.
 
 examples:
-  opensocket receive --listen tcp://0.0.0.0:9000 --dir inbox     # prints a code phrase
-  opensocket receive tcp://192.168.1.20:9000 --code 482-ember-walnut-tiger --dir inbox
+  opensocket receive --listen tcp://0.0.0.0:9009 --dir inbox     # prints a code phrase
+  opensocket receive tcp://192.168.1.20:9009 --code 482-ember-walnut-tiger --dir inbox
   opensocket receive --listen unix:///tmp/xfer.sock --dir inbox --skip-existing
-  opensocket receive --listen tls://0.0.0.0:9443 --tls-cert cert.pem --tls-key key.pem --dir in
+  opensocket receive --listen tls://0.0.0.0:9009 --tls-cert cert.pem --tls-key key.pem --dir in
 """
 
 _SUFFIXES: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -246,14 +248,26 @@ def _size(count: float) -> str:
     return ""  # pragma: no cover - the loop returns
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def summary_line(summary: TransferSummary) -> str:
     """One line: files, bytes, time, average rate (and what was resumed, skipped, failed)."""
     verb = "sent" if summary.role == "send" else "received"
+    moved = _size(summary.data_bytes)
+    if summary.compress and _size(summary.wire_bytes) != moved:
+        # compression: the data moved and what crossed the wire are two different numbers
+        moved = f"{moved} of data moved as {_size(summary.wire_bytes)} on the wire"
+    else:
+        moved += " moved"
+    ok = summary.count("ok") - summary.present
     parts = [
-        f"{verb} {summary.count('ok')} files ({_size(summary.total_bytes)}, "
-        f"{_size(summary.data_bytes)} moved) in {summary.seconds:.2f} s, "
-        f"{_size(summary.rate)}/s"
+        f"{verb} {_plural(ok, 'file')} ({_size(summary.total_bytes)}, {moved}) "
+        f"in {summary.seconds:.2f} s, {_size(summary.rate)}/s"
     ]
+    if summary.present:
+        parts.append(f"{_plural(summary.present, 'file')} already there")
     if summary.resumed_bytes:
         parts.append(f"{_size(summary.resumed_bytes)} resumed")
     for status in ("skipped", "failed"):

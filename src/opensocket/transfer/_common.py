@@ -73,12 +73,15 @@ class FileResult:
     size: int = 0
     resumed_from: int = 0
     error: str = ""
+    already_present: bool = False  # "ok" without a transfer: an earlier run completed it
 
     def to_json(self) -> dict[str, Any]:
         """As it appears in REPORT and in the --json summary."""
         out: dict[str, Any] = {"path": self.path, "status": self.status, "size": self.size}
         if self.resumed_from:
             out["resumed_from"] = self.resumed_from
+        if self.already_present:
+            out["already_present"] = True
         if self.error:
             out["error"] = self.error
         return out
@@ -115,6 +118,11 @@ class TransferSummary:
     def count(self, status: str) -> int:
         """Files with this status."""
         return sum(1 for f in self.files if f.status == status)
+
+    @property
+    def present(self) -> int:
+        """Files that were already complete at the receiver (counted as ok, not sent)."""
+        return sum(1 for f in self.files if f.already_present)
 
     def to_json(self) -> dict[str, Any]:
         """The --json summary."""

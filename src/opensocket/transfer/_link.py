@@ -8,8 +8,10 @@ only add overhead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import selectors
 import socket
 import ssl
@@ -23,6 +25,7 @@ from ..address import Address, from_sockaddr, stream_address
 from ..errors import (
     ConnectionClosedError,
     OpenSocketError,
+    PeerDisconnected,
     PeerFailed,
     TLSHandshakeError,
     TransferError,
@@ -111,6 +114,7 @@ def _listen(
     """Accept peers until one opens with a valid HELLO (port scanners, stray clients and
     failed TLS handshakes are logged and dropped: they must not end the transfer)."""
     listeners = bind_sockets(addr, SocketOptions())
+    made = _socket_file(addr)
     try:
         bound = from_sockaddr(addr.scheme, listeners[0].getsockname())
         announce(bound.with_scheme(addr.scheme) if not addr.is_unix else addr)
@@ -120,7 +124,7 @@ def _listen(
                 link = _secure(sock, peer, ctx, timeout, listen=True, hostname=None)
                 link.pending = link.recv_header_payload(Rec.HELLO, HELLO_TIMEOUT)
             except OpenSocketError as exc:
-                log.warning("dropped a connection from %s: %s", peer, exc)
+                log.warning("dropped a connection from %s: %s", peer, _stray(exc))
                 close_quietly(sock)
                 continue
             link.restore_timeout(timeout)
@@ -128,6 +132,38 @@ def _listen(
     finally:
         for lsock in listeners:
             close_quietly(lsock)
+        if made is not None:
+            _remove_socket_file(addr.path, made)
+
+
+def _stray(exc: OpenSocketError) -> str:
+    """Why a connection that never opened a transfer was dropped (port scanners, nc, ...)."""
+    if isinstance(exc, ConnectionClosedError):
+        return "it closed without opening a transfer"
+    if isinstance(exc, TransferError) and "too long" in str(exc):
+        return f"it opened no transfer within {HELLO_TIMEOUT:g} s"
+    if isinstance(exc, TransferProtocolError):
+        return f"not an opensocket transfer ({exc})"
+    return str(exc)
+
+
+def _socket_file(addr: Address) -> tuple[int, int] | None:
+    """The (device, inode) of the Unix socket file we just bound, to remove it at the end."""
+    if not addr.is_unix or addr.is_abstract:
+        return None
+    try:
+        st = os.stat(addr.path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _remove_socket_file(path: str, made: tuple[int, int]) -> None:
+    # only the file we created: another listener may have bound the path since
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == made:
+            os.unlink(path)
 
 
 def _secure(
@@ -171,7 +207,7 @@ def open_link(
     ctx = tlsmod.client_context(tls) if addr.is_tls else None
     sock = open_socket(addr, SocketOptions(connect_timeout=timeout or 10.0))
     hostname = tlsmod.server_hostname(addr, tls) if ctx is not None else None
-    return _secure(sock, addr.hostport, ctx, timeout, listen=False, hostname=hostname)
+    return _secure(sock, str(addr), ctx, timeout, listen=False, hostname=hostname)
 
 
 class Link:
@@ -179,7 +215,8 @@ class Link:
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock = sock
-        self.peer = peer
+        self.peer = peer  # a URL with its scheme, the same form on both sides
+        self.peer_role = "the other side"  # "the sender"/"the receiver" once HELLO is sent
         self.out: RecordCipher | None = None
         self.into: RecordCipher | None = None
         self.sent = 0  # bytes written to the socket
@@ -262,22 +299,26 @@ class Link:
             return None
         return PeerFailed(f"the other side stopped: {message}")
 
-    def _lost(self, exc: BaseException | None = None) -> OpenSocketError:
+    def _lost(self, exc: OSError | None = None) -> OpenSocketError:
+        """The error for a connection that failed under us: who went away, said once."""
+        who = f"{self.peer_role} ({self.peer})"
         if isinstance(exc, TimeoutError | BlockingIOError):
-            return TransferError(f"{self.peer} sent nothing for too long (timeout): giving up")
-        why = f": {exc.strerror or exc}" if isinstance(exc, OSError) else ""
-        return ConnectionClosedError(1006, f"the connection to {self.peer} was lost{why}")
+            return TransferError(f"{who} sent nothing for too long (timeout): giving up")
+        if exc is None:
+            return PeerDisconnected(f"{who} disconnected before the transfer finished")
+        why = (exc.strerror or str(exc)).lower()
+        return PeerDisconnected(f"{who} disconnected ({why})")
 
     def _fill(self, view: memoryview) -> None:
         got, total = 0, len(view)
-        try:
-            while got < total:
+        while got < total:
+            try:
                 count = self.sock.recv_into(view[got:], total - got, self._waitall)
-                if not count:
-                    raise self._lost()
-                got += count
-        except OSError as exc:
-            raise self._lost(exc) from exc
+            except OSError as exc:
+                raise self._lost(exc) from exc
+            if not count:
+                raise self._lost()
+            got += count
         self.received += total
 
     def recv_header(self) -> tuple[Header, bytes]:
@@ -342,6 +383,7 @@ def opening(
 ) -> dict[str, Any]:
     """HELLO both ways, then SPAKE2 and key confirmation with a code; return the peer's HELLO."""
     hello = {"v": VERSION, "role": role, "code": code is not None, **extra}
+    link.peer_role = "the receiver" if role == "send" else "the sender"
     mine = encode_json(hello)
     link.send(Rec.HELLO, mine)
     head, payload = link.recv(machine)
@@ -373,8 +415,13 @@ def _check_hello(hello: dict[str, Any], role: str, code: bool) -> None:
             "on the other"
         )
     if bool(hello.get("code")) != code:
-        mine, other = ("", " not") if code else (" not", "")
+        other = "receiver" if role == "send" else "sender"
+        if code:
+            raise TransferError(
+                f"the {other} uses no code phrase but this side does: give the {other} the same "
+                "--code (or run both with --no-code)"
+            )
         raise TransferError(
-            f"a code phrase was{mine} given here but was{other} given on the other side: "
-            "give the same --code to both (or to neither)"
+            f"the {other} uses a code phrase (if it made one up, it printed it when it "
+            "started): pass it with --code"
         )

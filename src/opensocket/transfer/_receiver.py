@@ -62,7 +62,7 @@ class _Plan:
 
     index: int
     entry: Entry
-    action: str  # "send", "skip", "refuse" ("missing": planned, never sent)
+    action: str  # "send", "present", "skip", "refuse" ("missing": planned, never sent)
     error: str = ""
     offset: int = 0
     resume: dict[int, BlockHasher] = field(default_factory=dict)  # offset -> prefix hasher
@@ -77,6 +77,14 @@ class _Plan:
             out[key] = offset
             out[key + "_hash"] = self.resume[offset].digest().hex()
         return out
+
+
+def _same(st: os.stat_result, entry: Entry) -> bool:
+    """A regular file with the offered size and modification time (to the nanosecond)."""
+    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (
+        entry.size,
+        entry.mtime_ns,
+    )
 
 
 class _Current:
@@ -113,8 +121,11 @@ class _Receiver:
     # -- opening and plan ----------------------------------------------------------------------
 
     def run(self) -> TransferSummary:
-        opening(self.link, self.machine, "receive", self.opts.code, {"hashes": local_hashes()})
+        hello = opening(
+            self.link, self.machine, "receive", self.opts.code, {"hashes": local_hashes()}
+        )
         self.summary.encryption = self.link.encryption
+        self.summary.compress = hello.get("compress") is True
         head, payload = self.link.recv(self.machine)
         offer = decode_json(head.type, payload)
         entries = parse_offer(offer)
@@ -155,6 +166,10 @@ class _Receiver:
         if existing is not None:
             if stat.S_ISDIR(existing.st_mode):
                 return _Plan(index, entry, "refuse", f"{entry.path} exists and is a folder")
+            if _same(existing, entry) and not self.opts.overwrite:
+                # a completed transfer keeps the sender's size and mtime: an earlier run of
+                # the same command already delivered it (resume of a multi-file transfer)
+                return _Plan(index, entry, "present")
             if self.opts.skip_existing:
                 return _Plan(index, entry, "skip", "exists (--skip-existing)")
             if not self.opts.overwrite:
@@ -162,8 +177,8 @@ class _Receiver:
                     index,
                     entry,
                     "refuse",
-                    f"{entry.path} already exists at the receiver: give --overwrite to replace "
-                    "it or --skip-existing to keep it",
+                    f"{entry.path} already exists at the receiver and differs: run the "
+                    "receiver with --overwrite to replace it (or --skip-existing to keep it)",
                 )
         plan = _Plan(index, entry, "send")
         self._resume_points(plan, dir_fd, name)
@@ -387,7 +402,11 @@ class _Receiver:
             if plan.action == "send" and index not in self.started:
                 plan.action = "missing"
                 plan.error = f"{plan.entry.path}: the sender did not send it"
-            if plan.action != "send":
+            if plan.action == "present":
+                self.summary.files.append(
+                    FileResult(plan.entry.path, "ok", plan.entry.size, already_present=True)
+                )
+            elif plan.action != "send":
                 status = "skipped" if plan.action == "skip" else "failed"
                 self.summary.files.append(
                     FileResult(plan.entry.path, status, plan.entry.size, error=plan.error)

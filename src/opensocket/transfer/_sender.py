@@ -84,7 +84,9 @@ def _walk(top: str, base: str, warn: Callable[[str], None]) -> list[Source]:
     found: list[Source] = []
     for root, dirs, files in os.walk(top, onerror=lambda exc: warn(f"skipped: {exc}")):
         dirs.sort()
-        rel_root = base + root[len(top) :].replace(os.sep, "/")
+        # relpath, not slicing: "photos/" or "photos//" as top must not glue names together
+        sub = os.path.relpath(root, top)
+        rel_root = base if sub == os.curdir else "/".join([base, *sub.split(os.sep)])
         for name in [*dirs, *sorted(files)]:
             local = os.path.join(root, name)
             st = os.lstat(local)
@@ -192,6 +194,8 @@ class _Sender:
             self.link.send_json(Rec.FILE, {"start": start}, arg=index)
             self._stream(fd, entry, hasher)
             self.link.send(Rec.END, hasher.digest(), arg=index)
+        except OpenSocketError:
+            raise  # the link's own errors (some are OSErrors): not a local read failure
         except OSError as exc:
             raise TransferError(f"cannot read {source.local}: {exc.strerror or exc}") from exc
         finally:
@@ -282,6 +286,9 @@ class _Sender:
                 self.summary.files.append(
                     FileResult(str(path), str(status), size, 0, str(result.get("error", "")))
                 )
+            elif path not in mine and status == "ok" and result.get("already_present") is True:
+                size = int(result.get("size", 0))
+                self.summary.files.append(FileResult(str(path), "ok", size, already_present=True))
 
 
 def send(
