@@ -104,3 +104,10 @@ def test_start_failure_stops_the_thread(raw_echo: sync.Server) -> None:
         with pytest.raises(OSError):
             BackgroundProxy(f"tcp://127.0.0.1:{port}", raw_echo.url).start()
     assert not _proxy_threads()
+
+
+def test_background_proxy_shows_its_address_and_kind() -> None:
+    with Proxy.in_thread("udp://127.0.0.1:0", "udp://127.0.0.1:9") as proxy:
+        assert proxy.address is not None and proxy.address.port > 0
+        assert proxy.url == str(proxy.address)
+        assert proxy.is_datagram

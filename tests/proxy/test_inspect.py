@@ -100,13 +100,13 @@ def test_known_sequence_gives_exact_records(split: int) -> None:
 
 def test_text_lines() -> None:
     lines = [format_record(r) for r in _records(1000)]
-    assert lines[0].startswith("  1.500000 #7 up   HELLO    flags=CHECKSUM len=61 {")
-    assert lines[2] == '  1.500000 #7 up   DATA     flags=CHECKSUM len=7 {"n":1}'
+    assert lines[0].startswith("    1.500s #7 up   HELLO    flags=CHECKSUM len=61 {")
+    assert lines[2] == '    1.500s #7 up   DATA     flags=CHECKSUM len=7 {"n":1}'
     assert lines[4] == (
-        "  1.500000 #7 up   PING     flags=CHECKSUM len=8 hex 0000000000000000 |........|"
+        "    1.500s #7 up   PING     flags=CHECKSUM len=8 hex 0000000000000000 |........|"
     )
     assert (
-        lines[5] == '  1.500000 #7 up   CLOSE    flags=CHECKSUM len=5 {"code":1000,"reason":"bye"}'
+        lines[5] == '    1.500s #7 up   CLOSE    flags=CHECKSUM len=5 {"code":1000,"reason":"bye"}'
     )
 
 

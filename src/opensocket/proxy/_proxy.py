@@ -382,6 +382,16 @@ class BackgroundProxy(FaultMethods):
         return self.proxy.url
 
     @property
+    def address(self) -> Address | None:
+        """The bound listen address (the real port once started)."""
+        return self.proxy.address
+
+    @property
+    def is_datagram(self) -> bool:
+        """True for a UDP proxy (udp:// or rudp://)."""
+        return self.proxy.is_datagram
+
+    @property
     def control_address(self) -> Address | None:
         """The bound control endpoint, when ``control`` was given."""
         return self.proxy.control_address

@@ -188,7 +188,7 @@ def _shown(payload: Any) -> str:
 def format_record(record: FrameRecord) -> str:
     """One line of text for a record: seconds since the proxy started, connection, direction,
     type, flags, length, payload."""
-    head = f"{record['time']:10.6f} #{record['conn']} {record['dir']:<4}"
+    head = f"{record['time']:9.3f}s #{record['conn']} {record['dir']:<4}"
     if "note" in record:
         return f"{head} {record['note']}"
     flags = record["flags"]
