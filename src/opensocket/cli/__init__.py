@@ -51,10 +51,11 @@ _MODULES = {
     "receive": "transfer",
     "bench serve": "bench",
     "proxy ctl": "proxy",
+    "chat serve": "chat",
 }
 # Two-word commands have a parser of their own, not listed among COMMAND's choices;
 # 'echo --help' points to 'echo serve'.
-_NESTED = ("echo serve", "bench serve", "proxy ctl")
+_NESTED = ("echo serve", "bench serve", "proxy ctl", "chat serve")
 
 
 class UsageError(Exception):
