@@ -40,6 +40,7 @@ The tree::
     ├── QueueFull                              a high-water mark was reached (policy "raise")
     ├── SendBufferFull (BlockingIOError)       a reliable-UDP send buffer is full: wait, retry
     ├── RequestAborted (ConnectionError)       the replier's link was lost; not retryable
+    ├── ReplyError                             the replier's handler failed (its text)
     ├── BenchFailed                            a bench test was refused, could not run or was cut
     ├── TransferError                          a file transfer failed (the message says what to do)
     │   ├── TransferProtocolError              the peer broke the protocol (also ProtocolError)
@@ -105,6 +106,7 @@ __all__ = [
     "QueueFull",
     "ReadTimeout",
     "RedirectRefused",
+    "ReplyError",
     "RequestAborted",
     "RequestTimeout",
     "SendBufferFull",
@@ -312,6 +314,10 @@ class SendBufferFull(OpenSocketError, BlockingIOError):
 
 class RequestAborted(OpenSocketError, ConnectionError):
     """The connection carrying a request was lost and the request is not retryable."""
+
+
+class ReplyError(OpenSocketError):
+    """The replier's handler failed; the message is the error text it sent back."""
 
 
 class HttpError(OpenSocketError):

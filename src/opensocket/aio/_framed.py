@@ -79,6 +79,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
         "inbox",
         "loop",
         "lost",
+        "on_writable",
         "peer",
         "ready",
         "receiver",
@@ -122,6 +123,8 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self._timer_at: float | None = None
         self._abort_later: asyncio.TimerHandle | None = None
         self.errors = 0
+        # Messaging sockets: told when the transport buffer crosses its marks (flow control).
+        self.on_writable: Callable[[bool], None] | None = None
 
     @property
     def log(self) -> PeerLogger:
@@ -191,11 +194,15 @@ class FramedProtocol(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         """The transport buffer is over its high-water mark."""
         self._write_paused = True
+        if self.on_writable is not None:
+            self.on_writable(False)
 
     def resume_writing(self) -> None:
         """The transport buffer drained."""
         self._write_paused = False
         self._wake_drainers(None)
+        if self.on_writable is not None:
+            self.on_writable(True)
 
     # ---- delivery --------------------------------------------------------------------------
 
