@@ -42,6 +42,7 @@ COMMANDS = (
     "stat",
     "bench",
     "proxy",
+    "chat",
 )
 _MODULES = {
     "connect": "pipe",
@@ -51,6 +52,7 @@ _MODULES = {
     "receive": "transfer",
     "bench serve": "bench",
     "proxy ctl": "proxy",
+    "chat": "chat",
     "chat serve": "chat",
 }
 # Two-word commands have a parser of their own, not listed among COMMAND's choices;

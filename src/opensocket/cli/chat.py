@@ -1,19 +1,47 @@
-"""``opensocket chat serve``: the chat hub (native clients and browsers in the same rooms).
+"""``opensocket chat serve`` (the hub) and ``opensocket chat URL --nick NAME`` (the client).
 
-The terminal client (``opensocket chat URL --nick NAME``) is not built yet; this module
-serves ``chat serve`` only.
+The client has a line mode for scripts and pipes (``--plain``, and ``--json`` for one JSON
+event per line); the full-screen terminal client is not built yet.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Final
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, Final
 
 from .. import aio
 from ..address import Address, parse_address
+from ..aio.chat_client import ChatClient, room_key
 from ..aio.chat_server import ChatServer, redis_address, serve_chat
 from ..chat import ChatOptions, SlowClientPolicy
-from ..errors import ConfigError
+from ..chat.commands import valid_nick, valid_room
+from ..chat.events import (
+    Action,
+    ErrorEvent,
+    Event,
+    History,
+    Joined,
+    Kicked,
+    Left,
+    Message,
+    NickChanged,
+    Notice,
+    Pong,
+    Private,
+    QuitNotice,
+    RoomList,
+    TopicInfo,
+    Welcome,
+    WhoList,
+)
+from ..errors import ConfigError, ConnectionClosed
 from ..http.server import http_address
 from ._common import (
     add_limit_args,
@@ -32,7 +60,8 @@ __all__ = ["HELPS", "configure", "execute"]
 DEFAULT_LISTEN: Final = "tcp://127.0.0.1:7070"
 DEFAULT_WEB: Final = "http://127.0.0.1:8070"
 HELPS: Final = {
-    "chat serve": "run the chat hub: native clients and browsers (WebSocket) in the same rooms"
+    "chat": "chat client: join rooms on a chat hub; --plain reads stdin, prints events",
+    "chat serve": "run the chat hub: native clients and browsers (WebSocket) in the same rooms",
 }
 SERVE_EPILOG: Final = f"""\
 examples:
@@ -52,7 +81,10 @@ Exit status: 0 stopped by Ctrl-C or SIGTERM, 1 failed (address in use, TLS files
 
 
 def configure(parser: argparse.ArgumentParser, name: str = "chat serve") -> None:
-    """The options of ``chat serve``."""
+    """The options of ``chat serve`` or of the client, ``chat``."""
+    if name == "chat":
+        configure_client(parser)
+        return
     parser.epilog = SERVE_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
@@ -138,7 +170,9 @@ def _addresses(args: argparse.Namespace) -> tuple[list[Address], list[Address]]:
 
 
 def execute(args: argparse.Namespace) -> int:
-    """Run the hub until SIGINT/SIGTERM."""
+    """Run the hub until SIGINT/SIGTERM, or the client until /quit or the end of stdin."""
+    if getattr(args, "command", "chat serve") == "chat":
+        return execute_client(args)
     listen, web = _addresses(args)
     options = _chat_options(args)
     check_at_least(args.slow_messages, "--slow-messages", 1)
@@ -199,3 +233,278 @@ def _ws(url: str) -> str:
     if url.startswith("http://"):
         return "ws://" + url[len("http://") :] + "ws"
     return url + " (path /ws)"
+
+
+# ---- the client: opensocket chat URL --nick NAME --plain ------------------------------------
+
+CLIENT_EPILOG: Final = f"""\
+examples:
+  opensocket chat {DEFAULT_LISTEN} --nick alice --room lobby --plain
+  echo "hello from cron" | opensocket chat tcp://chat.lan:7070 --nick cron --room ops --plain
+  opensocket chat unix:///run/chat.sock --nick bot --room lobby --plain --json | jq .
+  opensocket chat tls://chat.example:7443 --nick alice --tls-ca ca.pem --plain
+
+Line mode (--plain) reads stdin: a line starting with / is a command, anything else is said
+in the current room (the first --room, then the last /join):
+  /join ROOM [PASSWORD]   /leave [ROOM] [REASON]   /nick NAME   /msg NICK TEXT   /me TEXT
+  /who [ROOM]   /rooms   /topic [TEXT]   /quit [REASON]        (//text says "/text")
+Events are printed one per line (one JSON object per line with --json). A lost connection
+is re-established (rooms rejoined) unless --no-reconnect.
+Exit status: 0 after /quit or the end of stdin, 1 connection lost for good (or refused by the
+hub: nick taken, bad password, banned), 2 bad options.
+"""
+LINE_COMMANDS: Final = ("join", "leave", "nick", "msg", "me", "who", "rooms", "topic", "quit")
+
+
+def configure_client(parser: argparse.ArgumentParser) -> None:
+    """The options of the client, ``chat URL``."""
+    parser.epilog = CLIENT_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "url",
+        nargs="?",
+        default=DEFAULT_LISTEN,
+        metavar="URL",
+        help=f"the hub's native address: tcp://, tls://, unix:// (default: {DEFAULT_LISTEN})",
+    )
+    parser.add_argument("--nick", required=True, help="your nick (1-24 chars, a letter first)")
+    parser.add_argument(
+        "--room", action="append", default=[], metavar="ROOM", help="join ROOM (repeatable)"
+    )
+    parser.add_argument("--password", help="the server password, if the hub has one")
+    parser.add_argument("--plain", action="store_true", help="line mode: stdin in, events out")
+    parser.add_argument("--json", action="store_true", help="with --plain: one JSON event a line")
+    parser.add_argument(
+        "--no-reconnect", action="store_true", help="exit 1 at once when the connection is lost"
+    )
+    parser.add_argument(
+        "--give-up",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="stop trying to reconnect after this long (default: 30)",
+    )
+    add_tls_args(parser, server=False)
+
+
+def execute_client(args: argparse.Namespace) -> int:
+    """Run the line-mode client until /quit, the end of stdin, or a lost connection."""
+    if not args.plain:
+        raise ConfigError(
+            "the full-screen chat client is coming; for now use line mode: "
+            f"opensocket chat {args.url} --nick {args.nick} --plain"
+        )
+    check_positive(args.give_up, "--give-up")
+    addr = parse_address(args.url)
+    if addr.scheme not in ("tcp", "tls", "unix"):
+        raise ConfigError(f"{args.url}: use tcp://, tls:// or unix:// (the hub's native address)")
+    for room in args.room:
+        if not valid_room(room, 32):
+            raise ConfigError(f"--room {room}: a room is 1-32 letters, digits, _ . - (a # allowed)")
+    if not valid_nick(args.nick, 24):
+        raise ConfigError(f"--nick {args.nick}: a nick is 1-24 letters, digits or _-[]{{}}|^`")
+    return aio.run(_plain(args, addr))
+
+
+async def _plain(args: argparse.Namespace, addr: Address) -> int:
+    client = await ChatClient.connect(
+        addr,
+        nick=args.nick,
+        password=args.password,
+        rooms=args.room,
+        tls=tls_from(args, server=False),
+        reconnect=not args.no_reconnect,
+        give_up=args.give_up,
+    )
+    show = _json_line if args.json else _text_line
+    if client.welcome is not None:
+        _print(show(client.welcome))
+    events = asyncio.ensure_future(_print_events(client, show))
+    typing = asyncio.ensure_future(_LineMode(client, args.room).run(_stdin_lines()))
+    await asyncio.wait((events, typing), return_when=asyncio.FIRST_COMPLETED)
+    error: BaseException | None = None
+    if typing.done():
+        error = typing.exception()
+        if error is None:
+            await client.quit(typing.result())
+        else:
+            await client.close()
+    else:
+        typing.cancel()
+        await client.close()
+    try:
+        await events
+    except ConnectionClosed as exc:
+        error = exc
+    if error is not None and not isinstance(error, ConnectionClosed):
+        raise error
+    if error is not None:
+        print(f"opensocket chat: {error}", file=sys.stderr)
+        return 1
+    if not typing.done() or typing.cancelled():
+        print("opensocket chat: the hub closed the connection", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _print_events(client: ChatClient, show: Callable[[Event], str]) -> None:
+    async for event in client:
+        _print(show(event))
+
+
+def _print(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _stdin_lines() -> asyncio.Queue[str | None]:
+    """stdin lines from a thread (works for pipes, files and terminals alike); None at EOF."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    fd = sys.stdin.fileno()
+
+    def put(line: str | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: we are exiting anyway
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+
+    def read() -> None:
+        # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader holds its
+        # lock, and the interpreter aborts when it finds that lock taken at exit
+        pending = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(fd, 65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for raw in lines:
+                    put(raw.decode("utf-8", "replace").rstrip("\r"))
+        if pending:
+            put(pending.decode("utf-8", "replace").rstrip("\r"))
+        put(None)
+
+    # a daemon thread: a read blocked on a terminal must not keep the process alive
+    threading.Thread(target=read, name="chat-stdin", daemon=True).start()
+    return lines
+
+
+class _LineMode:
+    """Turns input lines into commands; ``run`` returns the quit reason (None at EOF)."""
+
+    def __init__(self, client: ChatClient, rooms: list[str]) -> None:
+        self.client = client
+        self.room: str | None = rooms[0] if rooms else None
+
+    async def run(self, lines: asyncio.Queue[str | None]) -> str | None:
+        while (line := await lines.get()) is not None:
+            if not line.strip():
+                continue
+            try:
+                quit_reason = await self.line(line)
+            except LineError as exc:
+                print(f"opensocket chat: {exc}", file=sys.stderr, flush=True)
+                continue
+            if quit_reason is not None:
+                return quit_reason or None
+        return None
+
+    async def line(self, line: str) -> str | None:
+        """Act on one line; return the quit reason ("" for none) on /quit, else None."""
+        if not line.startswith("/") or line.startswith("//"):
+            await self.client.say(self.current(), line[1:] if line.startswith("//") else line)
+            return None
+        name, _, rest = line[1:].partition(" ")
+        rest = rest.strip()
+        if name not in LINE_COMMANDS:
+            raise LineError(f"unknown command /{name}; commands: /" + " /".join(LINE_COMMANDS))
+        if name == "quit":
+            return rest
+        await getattr(self, "do_" + name)(rest)
+        return None
+
+    def current(self) -> str:
+        if self.room is None:
+            raise LineError("join a room first: /join ROOM")
+        return self.room
+
+    async def do_join(self, rest: str) -> None:
+        room, _, password = rest.partition(" ")
+        if not room:
+            raise LineError("usage: /join ROOM [PASSWORD]")
+        await self.client.join(room, password.strip() or None)
+        self.room = room
+
+    async def do_leave(self, rest: str) -> None:
+        room, _, reason = rest.partition(" ")
+        room = room or self.current()
+        await self.client.leave(room, reason.strip() or None)
+        if self.room is not None and room_key(room) == room_key(self.room):
+            others = [r for r in self.client.joined_rooms if room_key(r) != room_key(room)]
+            self.room = others[0] if others else None
+
+    async def do_nick(self, rest: str) -> None:
+        if not rest:
+            raise LineError("usage: /nick NAME")
+        await self.client.nick(rest)
+
+    async def do_msg(self, rest: str) -> None:
+        to, _, text = rest.partition(" ")
+        if not to or not text.strip():
+            raise LineError("usage: /msg NICK TEXT")
+        await self.client.msg(to, text)
+
+    async def do_me(self, rest: str) -> None:
+        if not rest:
+            raise LineError("usage: /me TEXT")
+        await self.client.me(self.current(), rest)
+
+    async def do_who(self, rest: str) -> None:
+        await self.client.who(rest or self.current())
+
+    async def do_rooms(self, rest: str) -> None:
+        await self.client.rooms()
+
+    async def do_topic(self, rest: str) -> None:
+        await self.client.topic(self.current(), rest or None)
+
+
+class LineError(Exception):
+    """A line the client cannot act on (told on stderr; the session goes on)."""
+
+
+def _json_line(event: Event) -> str:
+    return json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+def _text_line(event: Event) -> str:
+    """One event as a line of text for people (and grep)."""
+    if isinstance(event, History):
+        return "\n".join(_text_line(m) for m in event.messages) or f"[{event.room}] (no history)"
+    text = _TEXT.get(type(event))
+    return text(event) if text is not None else _json_line(event)
+
+
+def _why(reason: str | None) -> str:
+    return f" ({reason})" if reason else ""
+
+
+_TEXT: Final[dict[type[Event], Callable[[Any], str]]] = {
+    Welcome: lambda e: f"* connected to {e.server} as {e.nick}" + (f": {e.motd}" if e.motd else ""),
+    Joined: lambda e: f"[{e.room}] * {e.nick} joined",
+    Left: lambda e: f"[{e.room}] * {e.nick} left{_why(e.reason)}",
+    NickChanged: lambda e: f"* {e.old} is now {e.new}",
+    QuitNotice: lambda e: f"* {e.nick} quit{_why(e.reason)}",
+    Message: lambda e: f"[{e.room}] <{e.nick}> {e.text}",
+    Action: lambda e: f"[{e.room}] * {e.nick} {e.text}",
+    Private: lambda e: f"[private] <{e.nick} -> {e.to}> {e.text}",
+    RoomList: lambda e: (
+        "* rooms: " + (", ".join(f"{r.name} ({r.members})" for r in e.rooms) or "none")
+    ),
+    WhoList: lambda e: f"[{e.room}] * here: {', '.join(e.nicks)}",
+    TopicInfo: lambda e: (
+        f"[{e.room}] * topic: {e.topic or '(none)'}" + (f" (set by {e.by})" if e.by else "")
+    ),
+    ErrorEvent: lambda e: f"! {e.code}: {e.message}",
+    Notice: lambda e: f"* notice: {e.text}",
+    Kicked: lambda e: (
+        f"! kicked by {e.by}" + (f" from {e.room}" if e.room else "") + _why(e.reason)
+    ),
+    Pong: lambda e: f"* pong {e.data or ''}".rstrip(),
+}
