@@ -41,6 +41,7 @@ The tree::
     ├── SendBufferFull (BlockingIOError)       a reliable-UDP send buffer is full: wait, retry
     ├── RequestAborted (ConnectionError)       the replier's link was lost; not retryable
     ├── ReplyError                             the replier's handler failed (its text)
+    ├── PoolClosed                             a connection pool was closed: no more checkouts
     ├── BenchFailed                            a bench test was refused, could not run or was cut
     ├── TransferError                          a file transfer failed (the message says what to do)
     │   ├── TransferProtocolError              the peer broke the protocol (also ProtocolError)
@@ -55,7 +56,8 @@ The tree::
     └── OperationTimeout (TimeoutError)
         ├── ReadTimeout
         ├── WriteTimeout
-        └── RequestTimeout                     no reply before the request's deadline
+        ├── RequestTimeout                     no reply before the request's deadline
+        └── PoolExhausted                      no pooled connection freed within the wait
 
 Errors translated from an ``OSError`` keep it as ``__cause__``.
 """
@@ -102,6 +104,8 @@ __all__ = [
     "PathRefused",
     "PeerDisconnected",
     "PeerFailed",
+    "PoolClosed",
+    "PoolExhausted",
     "ProtocolError",
     "QueueFull",
     "ReadTimeout",
@@ -417,6 +421,14 @@ class WriteTimeout(OperationTimeout):
 
 class RequestTimeout(OperationTimeout):
     """No reply arrived before the request's deadline."""
+
+
+class PoolExhausted(OperationTimeout):
+    """Every pooled connection stayed checked out for the whole acquire timeout."""
+
+
+class PoolClosed(OpenSocketError):
+    """The pool was closed: no more checkouts."""
 
 
 def closed_error(code: int, reason: str = "", *, by_peer: bool = False) -> ConnectionClosed:

@@ -43,6 +43,7 @@ COMMANDS = (
     "bench",
     "proxy",
     "chat",
+    "broker",
 )
 _MODULES = {
     "connect": "pipe",

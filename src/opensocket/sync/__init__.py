@@ -37,6 +37,7 @@ from ..rudp import RudpOptions
 from ._connect import open_socket, open_transport
 from ._framed import Connection, FramedLink
 from .datagram import DatagramEndpoint, open_datagram_endpoint
+from .pool import Pool, PoolClosed, PoolExhausted, PoolStats
 from .rudp import ReliableConnection, ReliableServer, connect_rudp, serve_rudp
 from .server import Server
 from .stream import Stream, fmt_sockaddr
@@ -44,6 +45,10 @@ from .stream import Stream, fmt_sockaddr
 __all__ = [
     "Connection",
     "DatagramEndpoint",
+    "Pool",
+    "PoolClosed",
+    "PoolExhausted",
+    "PoolStats",
     "ReliableConnection",
     "ReliableServer",
     "Server",

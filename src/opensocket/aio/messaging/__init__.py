@@ -11,6 +11,7 @@ reconnect by themselves with backoff and jitter, subscriptions are restored and,
     print(await req.request({"x": 1}, timeout=5))
 """
 
+from ._broker import Broker, BrokerMode
 from ._patterns import (
     PairSocket,
     PublisherSocket,
@@ -33,6 +34,8 @@ Puller = PullerSocket
 Pair = PairSocket
 
 __all__ = [
+    "Broker",
+    "BrokerMode",
     "Pair",
     "PairSocket",
     "Publisher",

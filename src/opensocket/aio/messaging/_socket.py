@@ -188,6 +188,9 @@ class Socket:
         now = self.loop.time()
         self._links[link] = conn
         proto = conn._proto
+        # frames the peer sent right after the handshake are already in the inbox
+        early = list(proto.inbox)
+        proto.inbox.clear()
         proto.receiver = lambda items: self._receive(link, items)
         proto.on_writable = lambda writable: self._writable(link, writable)
         proto.lost.add_done_callback(lambda _: self._lost(link, endpoint))
@@ -198,7 +201,11 @@ class Socket:
             self.bridge.accepted(link, now)
             peer = self.bridge._peer_of.get(link, 0)  # 0: known once its SESSION arrives
         self._emit(Connected(peer, conn.remote_address))
-        self.pump()
+        if early:
+            proto.taken(sum(map(len, early)))
+            self._receive(link, early)
+        else:
+            self.pump()
 
     def _receive(self, link: int, items: list[Any]) -> None:
         frames = [(f.type, f.meta, f.payload) for f in items if type(f) is Frame]
