@@ -52,7 +52,7 @@ The tree::
     ├── ConnectionClosed (ConnectionError)     the connection is closed (has .code, .reason)
     │   ├── ConnectionClosedOK                 closed normally
     │   └── ConnectionClosedError              closed by an error, a timeout or a lost link
-    │       └── PeerDisconnected               the other side of a file transfer went away
+    │       └── PeerDisconnected               the other side went away without closing
     └── OperationTimeout (TimeoutError)
         ├── ReadTimeout
         ├── WriteTimeout
@@ -396,14 +396,14 @@ class ConnectionClosedError(ConnectionClosed):
 
 
 class PeerDisconnected(ConnectionClosedError):
-    """The other side went away mid-transfer (killed, crashed, or its link dropped)."""
+    """The other side went away without closing (reset, killed, crashed, its link dropped)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(CloseCode.ABNORMAL, message, by_peer=True)
 
     def __str__(self) -> str:
-        # the close-code wording ("closed by peer: abnormal (1006)") means nothing to a user
-        # of send/receive: the message says who went away, once
+        # the close-code wording ("closed by peer: abnormal (1006)") adds nothing: the message
+        # says who went away and how, once
         return self.reason
 
 

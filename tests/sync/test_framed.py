@@ -20,6 +20,7 @@ from opensocket.errors import (
     ConnectionClosedOK,
     FrameTooLarge,
     NegotiationFailed,
+    PeerDisconnected,
     ReadTimeout,
 )
 from opensocket.hooks import Hooks
@@ -332,3 +333,23 @@ def test_peer_closing_without_a_close_frame(
         with pytest.raises(ConnectionClosedError, match="without a close frame") as info:
             conn.recv(timeout=5)
         assert info.value.code == CloseCode.ABNORMAL
+
+
+def test_reset_during_the_handshake_is_a_lost_connection() -> None:
+    """A server that accepts, reads the HELLO and resets: the connect error says the peer went
+    away (a ConnectionClosedError, so callers that retry lost links retry it)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def reset() -> None:
+            sock, _ = listener.accept()
+            sock.recv(65536)  # the HELLO
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+        thread, _ = in_thread(reset)
+        with pytest.raises(PeerDisconnected) as info:
+            sync.connect(f"tcp://127.0.0.1:{port}")
+        thread.join(5)
+    assert isinstance(info.value, ConnectionClosedError) and info.value.by_peer
+    assert str(info.value).startswith("connection lost: ")

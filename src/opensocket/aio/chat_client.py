@@ -325,6 +325,9 @@ class ChatClient:
                 return None
             except RETRYABLE as exc:
                 last = exc
+            except OpenSocketError as exc:  # TLS refused, bad options: retrying will not help
+                self._finish(exc)
+                return None
             else:
                 self._events.put_nowait(self.welcome)
                 return conn

@@ -22,6 +22,7 @@ from ..errors import (
     ConnectionClosed,
     ConnectionClosedOK,
     OpenSocketError,
+    PeerDisconnected,
     ReadTimeout,
     WriteTimeout,
 )
@@ -196,7 +197,8 @@ class FramedLink:
 
     def _lost(self, exc: BaseException) -> None:
         with self._core_lock:
-            self.core.fail(OpenSocketError(f"connection lost: {exc}"))
+            # a reset, a broken pipe: the peer (or the path to it) went away
+            self.core.fail(PeerDisconnected(f"connection lost: {exc}"), by_peer=True)
         self.transport.shutdown()
 
     # ---- the inbox -------------------------------------------------------------------------

@@ -324,6 +324,9 @@ class ChatClient:
                 return None
             except RETRYABLE as exc:
                 last = exc
+            except OpenSocketError as exc:  # TLS refused, bad options: retrying will not help
+                self._finish(exc)
+                return None
             else:
                 self._events.put(self.welcome)
                 return conn
