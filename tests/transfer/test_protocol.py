@@ -48,6 +48,8 @@ def test_file_record_vector() -> None:
         (bytes.fromhex("63000000000000000000000000000000"), "unknown record type 99"),
         (bytes.fromhex("07000001000000000000000000000000"), "reserved"),
         (bytes.fromhex("07000000002000000000000000000000"), "limit"),
+        (pack_header(Rec.HELLO, (64 << 10) + 1), "HELLO of 65537 bytes"),
+        (pack_header(Rec.PAKE, 1 << 20), "limit 65536"),
         (bytes.fromhex("06010000000000000000000000000000"), "flags"),
         (bytes.fromhex("07020000000000000000000000000000"), "flags"),
     ],
@@ -56,6 +58,12 @@ def test_bad_headers(raw: bytes, words: str) -> None:
     with pytest.raises(TransferProtocolError, match=words) as info:
         parse_header(raw)
     assert isinstance(info.value, ProtocolError)
+
+
+def test_records_before_authentication_are_small_and_later_ones_may_be_big() -> None:
+    """A stranger (no code proved yet) cannot make the listener buffer 64 MiB."""
+    assert parse_header(pack_header(Rec.HELLO, 64 << 10)).length == 64 << 10
+    assert parse_header(pack_header(Rec.OFFER, 32 << 20)).length == 32 << 20
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ __all__ = [
     "BLOCK",
     "HEADER",
     "MAX_CONTROL",
+    "MAX_EARLY",
     "VERSION",
     "BlockHasher",
     "Entry",
@@ -46,6 +47,9 @@ VERSION: Final = 1
 BLOCK: Final = 1 << 20  # bytes per DATA record; every block but a file's last is this long
 HEADER: Final = struct.Struct("!BBHIQ")
 MAX_CONTROL: Final = 64 << 20  # an OFFER for ~300k files
+# records a peer may send before it has proved the code phrase: a stranger gets this much at most
+MAX_EARLY: Final = 64 << 10
+_EARLY: Final = frozenset({1, 2, 3, 11})  # HELLO, PAKE, CONFIRM, ERROR
 MAX_DATA: Final = BLOCK + 4096  # a block, or its compressed form, plus an AEAD tag
 FLAG_ZSTD: Final = 1
 MAX_NAME: Final = 255
@@ -94,7 +98,10 @@ def parse_header(data: bytes | bytearray | memoryview) -> Header:
         ) from None
     if reserved:
         raise TransferProtocolError(f"record {rtype.name}: reserved bytes are not zero")
-    limit = MAX_DATA if rtype in (Rec.DATA, Rec.END) else MAX_CONTROL
+    if rtype in (Rec.DATA, Rec.END):
+        limit = MAX_DATA
+    else:
+        limit = MAX_EARLY if code in _EARLY else MAX_CONTROL
     if length > limit:
         raise TransferProtocolError(f"record {rtype.name} of {length} bytes (limit {limit})")
     if flags & ~FLAG_ZSTD or (flags and rtype is not Rec.DATA):
