@@ -22,7 +22,7 @@ import opensocket
 from opensocket.aio import Connection
 from opensocket.aio.chat_server import ChatServer, serve_chat
 from opensocket.chat import ChatOptions, SlowClientPolicy
-from opensocket.cli.chat import configure, execute
+from opensocket.cli.chat_serve import configure, execute
 from opensocket.errors import CloseCode, ConfigError, ConnectionClosed
 from opensocket.options import ProtocolOptions, SocketOptions
 
@@ -399,7 +399,7 @@ async def test_tls_native_and_wss(tmp_path: Path) -> None:
 async def test_cli_chat_serve_prints_addresses_and_stops_on_sigterm() -> None:
     script = (
         "import argparse, sys\n"
-        "from opensocket.cli import chat\n"
+        "from opensocket.cli import chat_serve as chat\n"
         "parser = argparse.ArgumentParser()\n"
         "chat.configure(parser, 'chat serve')\n"
         "sys.exit(chat.execute(parser.parse_args(sys.argv[1:])))\n"

@@ -54,7 +54,7 @@ _MODULES = {
     "bench serve": "bench",
     "proxy ctl": "proxy",
     "chat": "chat",
-    "chat serve": "chat",
+    "chat serve": "chat_serve",
 }
 # Two-word commands have a parser of their own, not listed among COMMAND's choices;
 # 'echo --help' points to 'echo serve'.
