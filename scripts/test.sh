@@ -13,6 +13,8 @@ command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the chat page, driven by Playwright
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need[*]} with apt-get"
@@ -33,6 +35,8 @@ else
   py=.venv/bin/python
 fi
 "$py" -m pip install -q -e '.[dev]'
+# Playwright drives Debian's chromium (no browser download): tests read this variable.
+export OPENSOCKET_CHROMIUM="${OPENSOCKET_CHROMIUM:-$(command -v chromium)}"
 
 echo "== ruff check";          "$py" -m ruff check src tests bench
 echo "== ruff format --check"; "$py" -m ruff format --check src tests bench

@@ -40,6 +40,7 @@ from wsproto.utilities import RemoteProtocolError
 from .. import tls as tlsmod
 from .._sockets import bind_sockets
 from ..address import Address, from_sockaddr
+from ..chat import web
 from ..chat.flow import ClientQueue, SlowClientPolicy
 from ..chat.hub import Hub
 from ..chat.metrics import render_metrics
@@ -64,11 +65,6 @@ TRANSPORT_HIGH: Final = 64 * 1024  # bytes a transport holds before the client's
 CLOSE_GRACE: Final = 5.0  # a closing client that does not read is aborted after this
 LAG_TICK: Final = 1.0
 HTTP_IDLE: Final = 15.0  # an HTTP connection (not yet a WebSocket) must send a request by then
-PLACEHOLDER_PAGE: Final = (
-    b"<!doctype html><meta charset=utf-8><title>opensocket chat</title>"
-    b"<p>opensocket chat hub: connect a WebSocket to <code>/ws</code>; "
-    b"metrics at <a href=/metrics>/metrics</a>.</p>\n"
-)
 
 
 def _ws_text_frame(data: bytes) -> bytes:
@@ -427,13 +423,13 @@ class ChatServer:
         hub: Hub | None = None,
         *,
         policy: SlowClientPolicy | None = None,
-        page: bytes = PLACEHOLDER_PAGE,
+        page: bytes | None = None,
         http_idle: float = HTTP_IDLE,
     ) -> None:
         self.hub = hub or Hub(ChatOptions())
         self.http_idle = http_idle
         self.policy = policy or SlowClientPolicy()
-        self.page = page
+        self.page = web.page() if page is None else page
         self.loop = asyncio.get_running_loop()
         self.clients: dict[int, _Client] = {}
         self.native: list[Server] = []
