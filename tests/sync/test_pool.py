@@ -238,3 +238,51 @@ def test_bad_configuration_is_rejected() -> None:
         Pool("tcp://127.0.0.1:1", max_size=1, min_size=2)
     with pytest.raises(ConfigError, match="raw"):
         Pool("tcp://127.0.0.1:1", raw=True)
+
+
+def test_connection_ping_returns_the_round_trip_and_unread_counts_the_inbox(
+    live: tuple[Live, str],
+) -> None:
+    counter, url = live
+    with sync.connect(url) as conn:
+        rtt = conn.ping(timeout=5)
+        assert 0.0 <= rtt < 5.0
+        conn.send(b"one")
+        conn.send(b"two")
+        assert conn.recv(timeout=5) == b"one"
+        counter.wait_for(lambda: counter.total == 1)
+        deadline = 50
+        while conn.unread < 1 and deadline:  # the echo of "two" is on its way
+            conn.ping(timeout=5)  # a round trip after it: the echo is in by then
+            deadline -= 1
+        assert conn.unread == 1
+        assert conn.recv(timeout=5) == b"two" and conn.unread == 0
+    with pytest.raises(OpenSocketError):
+        conn.ping(timeout=1)  # closed: a clear error, not a hang
+
+
+def test_connection_ping_times_out_against_a_silent_peer() -> None:
+    from opensocket.errors import OperationTimeout
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def serve_one() -> None:  # complete the handshake by hand, then never read again
+        sock, _ = listener.accept()
+        accepted.append(sock)
+        hand_handshake(sock, Role.SERVER)
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    conn = sync.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        with pytest.raises(OperationTimeout, match=r"no answer to a ping within 0\.2s"):
+            conn.ping(timeout=0.2)
+    finally:
+        conn.close(wait=False)
+        thread.join(5)
+        for sock in accepted:
+            sock.close()
+        listener.close()
+    assert conn.wait_closed(5)

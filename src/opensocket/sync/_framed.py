@@ -22,13 +22,14 @@ from ..errors import (
     ConnectionClosed,
     ConnectionClosedOK,
     OpenSocketError,
+    OperationTimeout,
     PeerDisconnected,
     ReadTimeout,
     WriteTimeout,
 )
 from ..hooks import Hooks
 from ..protocol.connection import FramedConnection, State
-from ..protocol.events import ConnectionTerminated, HandshakeComplete
+from ..protocol.events import ConnectionTerminated, HandshakeComplete, PongReceived
 from ..protocol.frame import Frame
 from ..stats import ConnectionStats
 from ._transport import Transport
@@ -72,6 +73,9 @@ class FramedLink:
         queue_lock = threading.Lock()
         self._has_items = threading.Condition(queue_lock)
         self._has_space = threading.Condition(queue_lock)
+        self._pong = threading.Condition(threading.Lock())
+        self._pongs = 0
+        self._rtt = 0.0
         self._queued_bytes = 0
         self._paused = False
         self._ended = False
@@ -156,6 +160,11 @@ class FramedLink:
                     self._on_ready(self)
                 self.opened = True
                 self.ready.set()
+            elif isinstance(event, PongReceived):
+                with self._pong:
+                    self._pongs += 1
+                    self._rtt = event.rtt
+                    self._pong.notify_all()
             elif isinstance(event, ConnectionTerminated):
                 self._on_terminated(event)
         if self.core.pending_output:
@@ -189,6 +198,8 @@ class FramedLink:
         self._end_queue()
         self.ready.set()
         self.closed.set()
+        with self._pong:
+            self._pong.notify_all()
         term = self.core.terminated
         if self.connection is not None and term is not None:
             safe_call(self.hooks.on_close, self.connection, term.code, term.reason)
@@ -318,6 +329,26 @@ class FramedLink:
 
     # ---- actions ---------------------------------------------------------------------------
 
+    def ping(self, timeout: float) -> float:
+        """One PING/PONG round trip: its time in seconds (OperationTimeout without a PONG)."""
+        with self._pong:
+            before = self._pongs
+        with self._core_lock:
+            if self.core.state is not State.OPEN:
+                raise self.core.closed_exception()
+            self.core.ping(time.monotonic())
+        deadline = time.monotonic() + timeout
+        self._flush(block=True, timeout=timeout)
+        with self._pong:
+            while self._pongs == before:
+                if self.closed.is_set():
+                    raise self.core.closed_exception()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OperationTimeout(f"{self.peer}: no answer to a ping within {timeout:g}s")
+                self._pong.wait(left)
+            return self._rtt
+
     def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, wait: bool = True) -> None:
         """Start the closing handshake; with ``wait``, return once the connection has ended."""
         core = self.core
@@ -413,11 +444,21 @@ class Connection(ConnectionBase):
                     return
                 raise
 
+    @property
+    def unread(self) -> int:
+        """Messages received and not yet taken by ``recv``."""
+        return len(self._link.inbox)
+
+    def ping(self, timeout: float = 5.0) -> float:
+        """Round-trip time of one PING/PONG in seconds; OperationTimeout if none comes back."""
+        return self._link.ping(timeout)
+
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Close gracefully: flush, exchange CLOSE frames (bounded by close_timeout), close."""
-        self._link.close(code, reason)
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, wait: bool = True) -> None:
+        """Close gracefully: flush, exchange CLOSE frames (bounded by close_timeout), close;
+        ``wait=False`` sends our CLOSE and returns (the reader thread finishes the rest)."""
+        self._link.close(code, reason, wait=wait)
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Wait until the connection has ended, whoever ended it; False on timeout."""

@@ -38,8 +38,6 @@ from ._framed import Connection
 
 __all__ = ["Pool", "PoolClosed", "PoolExhausted", "PoolStats"]
 
-PING_POLL = 0.005  # seconds between looks at the pong counter (the reader thread sets it)
-
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
@@ -209,7 +207,7 @@ class Pool:
                     return
                 raise ConfigError("this connection is not checked out from this pool")
             self._in_use.discard(conn)
-            keep = not (discard or self._closed or conn.closed or conn._link.inbox)
+            keep = not (discard or self._closed or conn.closed or conn.unread)
             if keep:
                 self._idle.append((conn, time.monotonic()))
                 self._reaper_wake.notify()
@@ -227,13 +225,13 @@ class Pool:
             self._changed.notify()
         # It may not answer at all: send our CLOSE without waiting for the peer's.
         reason = "failed the pool's health check"
-        safe_call(lambda: conn._link.close(CloseCode.GOING_AWAY, reason, wait=False))
+        safe_call(lambda: conn.close(CloseCode.GOING_AWAY, reason, wait=False))
 
     # ---- health ----------------------------------------------------------------------------
 
     def _healthy(self, conn: Connection, since: float) -> bool:
         """Open, nothing unread, and (idle longer than ``ping_after``) answering a ping."""
-        if conn.closed or conn._link.inbox:
+        if conn.closed or conn.unread:
             return False
         if not self.health_check or self.ping_after is None:
             return True
@@ -244,22 +242,10 @@ class Pool:
     @staticmethod
     def ping(conn: Connection, timeout: float) -> bool:
         """One PING/PONG round trip within ``timeout`` seconds (False if none came back)."""
-        link = conn._link
-        core = link.core
-        before = core.control_in
-        with link._core_lock:
-            core.ping(time.monotonic())
         try:
-            link._flush(block=True, timeout=timeout)
+            conn.ping(timeout)
         except OpenSocketError:
             return False
-        deadline = time.monotonic() + timeout
-        # The reader thread counts the PONG; it signals only the connection's end, so look
-        # at the counter between short waits on that event (which also ends at a close).
-        while core.control_in == before:
-            left = deadline - time.monotonic()
-            if left <= 0 or link.closed.wait(min(PING_POLL, left)):
-                return False
         return not conn.closed
 
     # ---- idle expiry -----------------------------------------------------------------------
