@@ -37,6 +37,8 @@ fi
 "$py" -m pip install -q -e '.[dev]'
 # Playwright drives Debian's chromium (no browser download): tests read this variable.
 export OPENSOCKET_CHROMIUM="${OPENSOCKET_CHROMIUM:-$(command -v chromium)}"
+# Screenshots the browser tests take (the chat page on a desktop and a phone) are kept here.
+export OPENSOCKET_ARTIFACTS="${OPENSOCKET_ARTIFACTS:-$PWD/artifacts}"
 
 echo "== ruff check";          "$py" -m ruff check src tests bench
 echo "== ruff format --check"; "$py" -m ruff format --check src tests bench
