@@ -1,7 +1,10 @@
 """``opensocket chat URL --nick NAME``: the chat client.
 
-It has a line mode for scripts and pipes (``--plain``, and ``--json`` for one JSON
-event per line); the full-screen terminal client is not built yet.
+In a terminal it is a full-screen client (``cli/chat_tui.py``): messages, rooms and members,
+a status bar and an input line. ``--plain`` is line mode for scripts and pipes: stdin lines
+in, one event per line out (``--json``: one JSON object per line). Both modes share one
+command parser (``CommandLine``): ``/join /leave /nick /msg /me /who /rooms /topic /quit``,
+anything else is said in the current room.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
 from .. import aio
 from ..address import Address, parse_address
@@ -46,11 +51,21 @@ from ._common import (
     tls_from,
 )
 
-__all__ = ["CLIENT_EPILOG", "HELPS", "configure", "execute"]
+__all__ = [
+    "CLIENT_EPILOG",
+    "HELPS",
+    "LINE_COMMANDS",
+    "CommandLine",
+    "Focus",
+    "LineError",
+    "clean",
+    "configure",
+    "execute",
+]
 
 DEFAULT_LISTEN: Final = "tcp://127.0.0.1:7070"
 HELPS: Final = {
-    "chat": "chat client: join rooms on a chat hub; --plain reads stdin, prints events",
+    "chat": "chat client: full-screen in a terminal; --plain reads stdin, prints events",
 }
 
 
@@ -64,23 +79,31 @@ def execute(args: argparse.Namespace) -> int:
     return execute_client(args)
 
 
-# ---- the client: opensocket chat URL --nick NAME --plain ------------------------------------
+# ---- the client: opensocket chat URL --nick NAME [--plain] ----------------------------------
 
 CLIENT_EPILOG: Final = f"""\
 examples:
-  opensocket chat {DEFAULT_LISTEN} --nick alice --room lobby --plain
+  opensocket chat {DEFAULT_LISTEN} --nick alice --room lobby
+  opensocket chat tls://chat.example:7443 --nick alice --room lobby --tls-ca ca.pem
   echo "hello from cron" | opensocket chat tcp://chat.lan:7070 --nick cron --room ops --plain
   opensocket chat unix:///run/chat.sock --nick bot --room lobby --plain --json | jq .
-  opensocket chat tls://chat.example:7443 --nick alice --tls-ca ca.pem --plain
 
-Line mode (--plain) reads stdin: a line starting with / is a command, anything else is said
-in the current room (the first --room, then the last /join):
+In a terminal the client is full-screen: messages of all your rooms (tagged [room], the
+current room's tag highlighted), your rooms and the current room's members on the right
+(hidden below 60 columns), a status bar (server, nick, connected / reconnecting / lost)
+and an input line. Keys:
+  Enter send the line     Tab / Ctrl-N next room   Shift-Tab / Ctrl-P previous room
+  Alt-1..Alt-9 room N     PageUp / PageDown scroll  Up / Down earlier lines you typed
+  Ctrl-C, or Ctrl-D on an empty line: quit (like /quit)
+
+Line mode (--plain) reads stdin and prints events one per line (one JSON object per line
+with --json); use it in scripts and pipes. In both modes a line starting with / is a
+command, anything else is said in the current room (the first --room, then the last /join):
   /join ROOM [PASSWORD]   /leave [ROOM] [REASON]   /nick NAME   /msg NICK TEXT   /me TEXT
   /who [ROOM]   /rooms   /topic [TEXT]   /quit [REASON]        (//text says "/text")
-Events are printed one per line (one JSON object per line with --json). A lost connection
-is re-established (rooms rejoined) unless --no-reconnect.
+A lost connection is re-established (rooms rejoined) unless --no-reconnect.
 Exit status: 0 after /quit or the end of stdin, 1 connection lost for good (or refused by the
-hub: nick taken, bad password, banned), 2 bad options.
+hub: nick taken, bad password, banned), 2 bad options (or no terminal without --plain).
 """
 LINE_COMMANDS: Final = ("join", "leave", "nick", "msg", "me", "who", "rooms", "topic", "quit")
 
@@ -117,12 +140,26 @@ def configure_client(parser: argparse.ArgumentParser) -> None:
 
 
 def execute_client(args: argparse.Namespace) -> int:
-    """Run the line-mode client until /quit, the end of stdin, or a lost connection."""
-    if not args.plain:
+    """Run the client (full-screen, or line mode with --plain) until /quit or a lost link."""
+    addr = _check(args)
+    if args.plain:
+        return aio.run(_plain(args, addr))
+    if args.json:
+        raise ConfigError("--json is for line mode: add --plain")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise ConfigError(
-            "the full-screen chat client is coming; for now use line mode: "
-            f"opensocket chat {args.url} --nick {args.nick} --plain"
+            "the full-screen chat client needs a terminal (stdin and stdout); in scripts "
+            f"and pipes use line mode: opensocket chat {args.url} --nick {args.nick} --plain"
         )
+    from .chat_tui import run_tui  # prompt_toolkit is loaded only for the full-screen client
+
+    async def full_screen() -> int:
+        return await run_tui(await _connect(args, addr), args.room)
+
+    return aio.run(full_screen())
+
+
+def _check(args: argparse.Namespace) -> Address:
     check_positive(args.give_up, "--give-up")
     addr = parse_address(args.url)
     if addr.scheme not in ("tcp", "tls", "unix"):
@@ -132,11 +169,11 @@ def execute_client(args: argparse.Namespace) -> int:
             raise ConfigError(f"--room {room}: a room is 1-32 letters, digits, _ . - (a # allowed)")
     if not valid_nick(args.nick, 24):
         raise ConfigError(f"--nick {args.nick}: a nick is 1-24 letters, digits or _-[]{{}}|^`")
-    return aio.run(_plain(args, addr))
+    return addr
 
 
-async def _plain(args: argparse.Namespace, addr: Address) -> int:
-    client = await ChatClient.connect(
+async def _connect(args: argparse.Namespace, addr: Address) -> ChatClient:
+    return await ChatClient.connect(
         addr,
         nick=args.nick,
         password=args.password,
@@ -145,11 +182,16 @@ async def _plain(args: argparse.Namespace, addr: Address) -> int:
         reconnect=not args.no_reconnect,
         give_up=args.give_up,
     )
+
+
+async def _plain(args: argparse.Namespace, addr: Address) -> int:
+    client = await _connect(args, addr)
     show = _json_line if args.json else _text_line
     if client.welcome is not None:
         _print(show(client.welcome))
     events = asyncio.ensure_future(_print_events(client, show))
-    typing = asyncio.ensure_future(_LineMode(client, args.room).run(_stdin_lines()))
+    commands = CommandLine(client, CurrentRoom(args.room[0] if args.room else None))
+    typing = asyncio.ensure_future(commands.run(_stdin_lines(), _complain))
     await asyncio.wait((events, typing), return_when=asyncio.FIRST_COMPLETED)
     error: BaseException | None = None
     if typing.done():
@@ -186,6 +228,10 @@ def _print(line: str) -> None:
     sys.stdout.flush()
 
 
+def _complain(message: str) -> None:
+    print(f"opensocket chat: {message}", file=sys.stderr, flush=True)
+
+
 def _stdin_lines() -> asyncio.Queue[str | None]:
     """stdin lines from a thread (works for pipes, files and terminals alike); None at EOF."""
     loop = asyncio.get_running_loop()
@@ -214,21 +260,49 @@ def _stdin_lines() -> asyncio.Queue[str | None]:
     return lines
 
 
-class _LineMode:
-    """Turns input lines into commands; ``run`` returns the quit reason (None at EOF)."""
+# ---- the command parser both modes share ----------------------------------------------------
 
-    def __init__(self, client: ChatClient, rooms: list[str]) -> None:
+
+class Focus(Protocol):
+    """Where the current room lives: line mode keeps a ``CurrentRoom``, the full-screen
+    client its view (which also moves it on Tab, or when we leave the room)."""
+
+    room: str | None
+
+
+@dataclass(slots=True)
+class CurrentRoom:
+    """The current room of line mode."""
+
+    room: str | None
+
+
+class LineError(Exception):
+    """A line the client cannot act on (reported; the session goes on)."""
+
+
+class CommandLine:
+    """Turns input lines into client commands (no terminal here: errors go to ``report``)."""
+
+    def __init__(self, client: ChatClient, focus: Focus) -> None:
         self.client = client
-        self.room: str | None = rooms[0] if rooms else None
+        self.focus = focus
 
-    async def run(self, lines: asyncio.Queue[str | None]) -> str | None:
+    async def run(
+        self,
+        lines: asyncio.Queue[str | None],
+        report: Callable[[str], None],
+        errors: tuple[type[Exception], ...] = (LineError,),
+    ) -> str | None:
+        """Act on lines until /quit (return its reason, None for none) or None (end of input);
+        ``errors`` are reported and the session goes on (others end it)."""
         while (line := await lines.get()) is not None:
             if not line.strip():
                 continue
             try:
                 quit_reason = await self.line(line)
-            except LineError as exc:
-                print(f"opensocket chat: {exc}", file=sys.stderr, flush=True)
+            except errors as exc:
+                report(str(exc))
                 continue
             if quit_reason is not None:
                 return quit_reason or None
@@ -249,24 +323,25 @@ class _LineMode:
         return None
 
     def current(self) -> str:
-        if self.room is None:
+        """The current room; LineError when there is none."""
+        if self.focus.room is None:
             raise LineError("join a room first: /join ROOM")
-        return self.room
+        return self.focus.room
 
     async def do_join(self, rest: str) -> None:
         room, _, password = rest.partition(" ")
         if not room:
             raise LineError("usage: /join ROOM [PASSWORD]")
         await self.client.join(room, password.strip() or None)
-        self.room = room
+        self.focus.room = room
 
     async def do_leave(self, rest: str) -> None:
         room, _, reason = rest.partition(" ")
         room = room or self.current()
         await self.client.leave(room, reason.strip() or None)
-        if self.room is not None and room_key(room) == room_key(self.room):
+        if self.focus.room is not None and room_key(room) == room_key(self.focus.room):
             others = [r for r in self.client.joined_rooms if room_key(r) != room_key(room)]
-            self.room = others[0] if others else None
+            self.focus.room = others[0] if others else None
 
     async def do_nick(self, rest: str) -> None:
         if not rest:
@@ -294,8 +369,32 @@ class _LineMode:
         await self.client.topic(self.current(), rest or None)
 
 
-class LineError(Exception):
-    """A line the client cannot act on (told on stderr; the session goes on)."""
+# ---- text for people --------------------------------------------------------------------------
+
+# escape sequences whole (CSI, OSC/DCS/APC strings, two-byte ESC x), so no half of one is left
+_ESCAPES: Final = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+# the other C0/C1 controls, and the bidi overrides that would reorder what follows them
+_CONTROLS: Final = dict.fromkeys((*range(32), *range(127, 160))) | {
+    **dict.fromkeys((*range(8234, 8239), *range(8294, 8298))),
+    0x09: " ",
+    0x0A: " ",
+    0x0D: " ",
+    0x2028: " ",
+    0x2029: " ",
+}
+_LINES: Final = {**_CONTROLS, 0x0A: "\n", 0x2028: "\n", 0x2029: "\n"}
+
+
+def clean(text: str, *, newlines: bool = False) -> str:
+    """``text`` from a peer made safe for a terminal: escape sequences and control characters
+    removed, tabs and line breaks turned into spaces (kept as ``\\n`` with ``newlines``)."""
+    if text.isprintable():
+        return text  # the common case: nothing to strip
+    return _ESCAPES.sub("", text).translate(_LINES if newlines else _CONTROLS)
 
 
 def _json_line(event: Event) -> str:
@@ -303,11 +402,11 @@ def _json_line(event: Event) -> str:
 
 
 def _text_line(event: Event) -> str:
-    """One event as a line of text for people (and grep)."""
+    """One event as a line of text for people (and grep); peers' text made safe."""
     if isinstance(event, History):
         return "\n".join(_text_line(m) for m in event.messages) or f"[{event.room}] (no history)"
     text = _TEXT.get(type(event))
-    return text(event) if text is not None else _json_line(event)
+    return clean(text(event)) if text is not None else _json_line(event)
 
 
 def _why(reason: str | None) -> str:
