@@ -5,6 +5,7 @@ bare Python socket pairs, all in the same run; plus the resume re-send fraction.
     python bench/transfer.py --size-mib 256 --repeat 1 --json /tmp/t.json   # shortened
     python bench/transfer.py --baseline-src /tmp/old/src   # also the opensocket rows of
                                                            # another source tree: before/after
+    python bench/transfer.py --size-mib 512 --only "opensocket tcp,iperf3 -l,dd" --no-resume
 
 Every peer is a separate process. Times run from the sender's start to the receiver's exit
 (the receiver has everything). Receivers that write (opensocket, socat-to-file) write into a
@@ -151,6 +152,9 @@ class Bench:
         self.rows: list[dict[str, Any]] = []
         self.plan: list[tuple[str, Callable[[], float], str]] = []
         self.baseline: str | None = args.baseline_src
+        self.only: list[str] = [w for w in (args.only or "").split(",") if w]
+        self.resume = not args.no_resume
+        self.settle: float = args.settle
 
     def prepare(self) -> None:
         need = 3 * self.size + (64 << 20)
@@ -170,10 +174,17 @@ class Bench:
     def clean_dest(self) -> None:
         shutil.rmtree(self.dest, ignore_errors=True)
         self.dest.mkdir()
+        # On a VM with free page reporting (virtio-balloon, Firecracker) the guest hands freed
+        # pages back to the host after about 2 s, and touching them again costs several times a
+        # normal page allocation: a writing row is fast or slow depending on how long ago the
+        # previous row's file was deleted. A pause after the delete gives every row the same start.
+        if self.settle:
+            time.sleep(self.settle)
 
     def measure(self, name: str, run: Callable[[], float], note: str = "") -> None:
-        """Add a row; ``execute`` runs it."""
-        self.plan.append((name, run, note))
+        """Add a row (unless ``--only`` leaves it out); ``execute`` runs it."""
+        if not self.only or any(word in name for word in self.only):
+            self.plan.append((name, run, note))
 
     def execute(self) -> None:
         """Run every row once per round, ``repeat`` rounds, and keep each row's best: rounds
@@ -239,6 +250,14 @@ class Bench:
         server = ["socat", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", sink]
         client = ["socat", "-u", f"OPEN:{self.src}", f"TCP:127.0.0.1:{port}"]
         return timed_pair(server, client, port)
+
+    def dd(self) -> float:
+        """The floor of any transfer that writes the file: copy it locally (no network, no hash)."""
+        start = time.perf_counter()
+        subprocess.run(
+            ["dd", f"if={self.src}", f"of={self.dest}/dd.bin", "bs=1M", "status=none"], check=True
+        )
+        return time.perf_counter() - start
 
     def nc(self) -> float:
         port = free_port()
@@ -320,12 +339,27 @@ class Bench:
         self.measure("socat -u FILE to file", lambda: self.socat(True), "writes, no hash")
         self.measure("socat -u FILE to /dev/null", lambda: self.socat(False), "no disk")
         self.measure("nc < FILE > /dev/null", self.nc, "no disk")
+        self.measure("dd bs=1M FILE to file", self.dd, "local copy: no network, no hash")
         self.measure("python sendall/recv_into", lambda: self.bare(False), "no disk, no hash")
         self.measure("python ssl pair", lambda: self.bare(True), "no disk, no hash")
         self.execute()
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_page_reporting() -> bool:
+    """True on a VM whose balloon takes freed guest pages back (virtio feature bit 5): new
+    pages then cost much more to touch, and writing rows vary with what ran before them."""
+    for device in Path("/sys/bus/virtio/devices").glob("*"):
+        try:
+            kind = (device / "device").read_text().strip()
+            features = (device / "features").read_text().strip()
+        except OSError:
+            continue
+        if kind == "0x0005" and len(features) > 5 and features[5] == "1":
+            return True
+    return False
 
 
 def _by_name(rows: list[dict[str, Any]], name: str) -> float | None:
@@ -348,6 +382,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "plain / socat to file (goal >= 2)": ratio(plain, "socat -u FILE to file"),
         "plain / socat to /dev/null": ratio(plain, "socat -u FILE to /dev/null"),
         "plain / python sendall pair": ratio(plain, "python sendall/recv_into"),
+        "plain / dd local copy (the write floor)": ratio(plain, "dd bs=1M FILE to file"),
         "tls / python ssl pair (goal >= 0.8)": ratio(tls, "python ssl pair"),
     }
 
@@ -364,13 +399,27 @@ def main() -> int:
         metavar="DIR",
         help="also run the opensocket rows with PYTHONPATH=DIR (another checkout's src folder)",
     )
+    parser.add_argument(
+        "--only",
+        metavar="WORDS",
+        help="run only the rows whose name contains one of these comma-separated words",
+    )
+    parser.add_argument("--no-resume", action="store_true", help="skip the resume measurement")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="pause after clearing the destination before each row (VMs with free page "
+        "reporting: 5 gives every writing row the same, cold, start)",
+    )
     args = parser.parse_args()
     bench = Bench(args)
     console = Console(width=max(Console().width, 110))  # row names stay whole in a pipe
     try:
         bench.prepare()
         bench.run_all()
-        resume = bench.resume_fraction()
+        resume = bench.resume_fraction() if bench.resume else {}
     finally:
         bench.close()
     table = Table(title=f"loopback transfer of {args.size_mib} MiB (best of {args.repeat})")
@@ -386,12 +435,19 @@ def main() -> int:
     for name, value in found.items():
         console.print(f"{name}: {'—' if value is None else f'{value:.2f}x'}")
     console.print(f"resume: {json.dumps(resume)}")
+    if free_page_reporting() and not args.settle:
+        console.print(
+            "note: this VM hands freed pages back to its host (free page reporting): rows that "
+            "write vary with what ran before them; --settle 5 gives them all the same start"
+        )
     report = {
         "size_bytes": bench.size,
         "repeat": args.repeat,
         "dir": args.dir,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "load": os.getloadavg(),
+        "settle": args.settle,
+        "free_page_reporting": free_page_reporting(),
         "rows": bench.rows,
         "ratios": found,
         "resume": resume,
