@@ -9,10 +9,11 @@ and the protocol depends on them), then data from each writable peer's queue.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..errors import UnexpectedFrame
-from .envelope import Envelope, Kind
+from ..errors import FrameTooLarge, UnexpectedFrame
+from .envelope import Envelope, Kind, WireFrame, decode
 from .events import Event, MessageDropped
 from .hwm import BoundedQueue, HighWaterMark, Outcome
 from .monitor import StatsRecorder
@@ -21,6 +22,8 @@ __all__ = ["PatternCore", "PeerState"]
 
 _DROPS = {Outcome.DROPPED_NEWEST: "drop-newest", Outcome.DROPPED_OLDEST: "drop-oldest"}
 DATA_KINDS = frozenset({Kind.MESSAGE, Kind.REQUEST, Kind.REPLY, Kind.PUBLISH})
+# The most metadata an envelope adds to a payload: version, flags, seq, ack, id, topic length.
+ENVELOPE_OVERHEAD = 2 + 3 * 8 + 2
 
 
 @dataclass(slots=True)
@@ -43,6 +46,10 @@ class PatternCore:
         self.stats = StatsRecorder()
         self._control: list[tuple[int, Envelope]] = []
         self._events: list[Event] = []
+        # The largest frame body the peers accept (the runtime sets it from the handshake):
+        # a message over it is refused at send time, before a session could hold it for a
+        # replay that would fail again after every reconnection.
+        self.max_size: int | None = None
         self._handlers = {
             kind: handler
             for kind in Kind
@@ -72,6 +79,21 @@ class PatternCore:
         if state is not None:
             state.writable = writable
 
+    def check_size(self, payload: bytes, topic: bytes = b"") -> None:
+        """Raise FrameTooLarge if ``payload`` (with ``topic``) cannot fit in one frame."""
+        limit = self.max_size
+        if limit is None:
+            return
+        size = len(payload) + len(topic) + ENVELOPE_OVERHEAD
+        if size > limit:
+            raise FrameTooLarge(
+                f"a {self.name} message of {len(payload)} bytes"
+                + (f" on a topic of {len(topic)} bytes" if topic else "")
+                + f" does not fit the peers' maximum frame size of {limit} bytes "
+                f"({ENVELOPE_OVERHEAD} bytes go to the envelope): split it, or raise "
+                "ProtocolOptions.max_frame_size on both sides"
+            )
+
     # ---- input -------------------------------------------------------------------------
 
     def receive(self, peer: int, env: Envelope, now: float) -> None:
@@ -85,6 +107,13 @@ class PatternCore:
             self.stats.message_in(peer, env.size)
         handler(peer, env, now)
 
+    def receive_many(self, peer: int, frames: Iterable[WireFrame], now: float) -> None:
+        """Handle wire frames from ``peer`` in order (decoded here; patterns with a cheaper
+        batch path override this)."""
+        receive = self.receive
+        for frame in frames:
+            receive(peer, decode(*frame), now)
+
     # ---- output ------------------------------------------------------------------------
 
     def _queue(self, peer: int, env: Envelope) -> Outcome:
@@ -95,6 +124,14 @@ class PatternCore:
         if reason is not None:
             self.stats.drop(reason, peer)
         return outcome
+
+    def _queue_many(self, peer: int, envs: list[Envelope], sizes: list[int] | None = None) -> None:
+        """Queue ``envs`` for ``peer`` at once when they all fit, else one by one."""
+        if sizes is None:
+            sizes = [env.size for env in envs]
+        if not self.peers[peer].queue.extend(envs, sizes):
+            for env in envs:
+                self._queue(peer, env)
 
     def _discard(self, reason: str, peer: int | None, count: int = 1, way: str = "out") -> None:
         """Messages this pattern gives up on: counted, and reported for the runtime to log."""
@@ -113,9 +150,13 @@ class PatternCore:
         self._control = []
         for peer, state in self.peers.items():
             if state.writable and state.queue:
-                for env in state.queue.take(limit):
-                    self.stats.message_out(peer, env.size)
-                    out.append((peer, env))
+                queue = state.queue
+                size = queue.bytes
+                envs = queue.take(limit)
+                if limit is not None and queue:
+                    size -= queue.bytes
+                self.stats.messages_out(peer, len(envs), size)
+                out += [(peer, env) for env in envs]
         return out
 
     def events(self) -> list[Event]:

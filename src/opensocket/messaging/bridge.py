@@ -17,7 +17,7 @@ import itertools
 from collections.abc import Callable, Iterable
 
 from ._base import PatternCore
-from .envelope import WireFrame, decode, encode
+from .envelope import BARE_METAS, SEMANTIC, WireFrame, encode
 from .events import Event, SessionLost, SessionResumed, SessionStarted
 from .session import ZERO_ID, Session, SessionOptions, SessionState, SessionStore, random_id
 
@@ -78,6 +78,16 @@ class Bridge:
         else:
             self._accepting.add(link)
 
+    def peer_of(self, link: int) -> int | None:
+        """The peer ``link`` carries; None while an accepted link awaits its SESSION frame,
+        or once the link is gone."""
+        return self._peer_of.get(link)
+
+    def link_of(self, peer: int) -> int | None:
+        """The link that carries ``peer`` now; None while it has none (a session between
+        links, or a peer that is gone)."""
+        return self._link_of.get(peer)
+
     def _bind(self, link: int, peer: int) -> None:
         self._peer_of[link] = peer
         self._link_of[peer] = link
@@ -116,10 +126,8 @@ class Bridge:
             self._open(link, first, now)
         peer = self._peer_of[link]
         session = self.sessions.get(peer)
-        receive = self.core.receive
         if session is None:
-            for frame in frames:
-                receive(peer, decode(*frame), now)
+            self.core.receive_many(peer, frames, now)
             return
         feed = session.receive
         try:
@@ -165,18 +173,46 @@ class Bridge:
 
     def frames_to_send(self, now: float) -> list[tuple[int, WireFrame]]:
         """Everything to write, as (link, frame) pairs, in order per link."""
-        out: list[tuple[int, WireFrame]] = []
+        return [
+            (link, frame) for link, frames in self.frames_by_link(now).items() for frame in frames
+        ]
+
+    def frames_by_link(self, now: float) -> dict[int, list[WireFrame]]:
+        """Everything to write, grouped by link, in order per link.
+
+        An envelope queued for several peers (a published message) is encoded once: the
+        links share the same frame object, so a runtime can also frame its bytes once.
+        """
+        out: dict[int, list[WireFrame]] = {}
+        sessions = self.sessions
+        link_of = self._link_of
+        # Only a core with several peers can queue one envelope more than once.
+        memo: dict[int, WireFrame] | None = {} if len(self.core.peers) > 1 else None
+        bare = BARE_METAS
+        last_peer: int | None = None
+        session: Session | None = None
+        frames: list[WireFrame] | None = None
         for peer, env in self.core.frames_to_send():
-            session = self.sessions.get(peer)
+            if peer != last_peer:  # the core hands out one peer's frames after another's
+                last_peer = peer
+                session = sessions.get(peer) if sessions else None
+                link = link_of.get(peer)
+                frames = None if link is None else out.setdefault(link, [])
             if session is not None:
                 session.send(env, now)
-            elif peer in self._link_of:
-                out.append((self._link_of[peer], encode(env)))
-        for peer, session in self.sessions.items():
-            link = self._link_of.get(peer)
+            elif frames is not None:
+                kind, payload, ident, topic, flags, seq, ack = env
+                if ident is None and topic is None and seq is None and ack is None:
+                    frames.append((kind, bare[flags & SEMANTIC], payload))  # encode(), inlined
+                elif memo is None:
+                    frames.append(encode(env))
+                else:
+                    frames.append(memo.get(id(env)) or memo.setdefault(id(env), encode(env)))
+        for peer, session in sessions.items():
+            link = link_of.get(peer)
             frames = session.frames_to_send()
-            if link is not None:
-                out.extend((link, frame) for frame in frames)
+            if link is not None and frames:
+                out.setdefault(link, []).extend(frames)
         return out
 
     def unsettled(self) -> int:
@@ -196,6 +232,8 @@ class Bridge:
 
     def get_timer(self) -> float | None:
         """The earliest timer of the pattern and the sessions."""
+        if not self.sessions:
+            return self.core.get_timer()
         times = [self.core.get_timer(), *(s.get_timer() for s in self.sessions.values())]
         due = [t for t in times if t is not None]
         return min(due) if due else None

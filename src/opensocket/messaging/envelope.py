@@ -147,15 +147,26 @@ for _bits in range(0, _FIXED + 1, _SEQ):
     _where = [2 + _present.index(bit) if bit in _present else 0 for bit in (_SEQ, _ACK, _ID)]
     _LAYOUTS[_bits] = (struct.Struct(">BB" + "Q" * len(_present)), *_where)  # type: ignore[assignment]
 _TABLE: Final = {int(kind): (kind, RULES[kind]) for kind in Kind}
+# Metadata of an envelope with no seq, ack, id or topic, by its SEMANTIC flags: the common
+# frames (push/pull without acks, pair, CREDIT) then need no packing at all.
+BARE_METAS: Final = tuple(_HEAD.pack(META_VERSION, flags) for flags in range(SEMANTIC + 1))
+_BARE: Final = BARE_METAS
+BARE_META: Final = _BARE[0]  # a MESSAGE without fields: b"\x01\x00"
+_TOPIC_METAS: dict[bytes, bytes] = {}  # topic -> metadata of a bare PUBLISH (bounded)
+_MAX_TOPIC_METAS: Final = 1024
 
 
 def encode(env: Envelope, seq: int | None = None, ack: int | None = None) -> WireFrame:
     """Return ``(frame type, metadata, payload)``; ``seq``/``ack`` override the envelope's."""
+    kind, payload, ident, topic, flags, env_seq, env_ack = env
     if seq is None:
-        seq = env.seq
+        seq = env_seq
     if ack is None:
-        ack = env.ack
-    ident = env.id
+        ack = env_ack
+    if seq is None and ack is None and ident is None:
+        if topic is None:  # the most common frames: nothing to pack
+            return kind, _BARE[flags & SEMANTIC], payload
+        return _encode_bare(env)
     bits = 0
     values = []
     if seq is not None:
@@ -167,12 +178,26 @@ def encode(env: Envelope, seq: int | None = None, ack: int | None = None) -> Wir
     if ident is not None:
         bits |= _ID
         values.append(ident)
-    flags = (env.flags & SEMANTIC) | bits
-    topic = env.topic
+    flags = (flags & SEMANTIC) | bits
     pack = _LAYOUTS[bits][0].pack
     if topic is None:
-        return env.kind, pack(META_VERSION, flags, *values), env.payload
+        return kind, pack(META_VERSION, flags, *values), payload
     meta = pack(META_VERSION, flags | _TOPIC, *values) + _U16.pack(len(topic)) + topic
+    return kind, meta, payload
+
+
+def _encode_bare(env: Envelope) -> WireFrame:
+    topic = env.topic
+    flags = env.flags & SEMANTIC
+    if topic is None:
+        return env.kind, _BARE[flags], env.payload
+    meta = _TOPIC_METAS.get(topic) if not flags else None
+    if meta is None:
+        meta = _HEAD.pack(META_VERSION, flags | _TOPIC) + _U16.pack(len(topic)) + topic
+        if not flags:
+            if len(_TOPIC_METAS) >= _MAX_TOPIC_METAS:
+                _TOPIC_METAS.clear()
+            _TOPIC_METAS[topic] = meta
     return env.kind, meta, env.payload
 
 

@@ -156,6 +156,24 @@ class BoundedQueue(Generic[T]):
             self.bytes -= size
             self.counters.dropped_oldest += 1
 
+    def extend(self, items: list[T], sizes: list[int]) -> bool:
+        """Queue all of ``items`` if they fit under the mark together and return True;
+        otherwise queue nothing and return False (push them one at a time: the policy then
+        applies to each). The batch path of ``push``."""
+        count = len(items)
+        total = sum(sizes)
+        limit = self.hwm.bytes
+        if len(self._items) + count > self.hwm.messages or (
+            limit is not None and self.bytes + total > limit
+        ):
+            return False
+        self._items.extend(zip(items, sizes, strict=True))
+        self.bytes += total
+        counters = self.counters
+        counters.offered += count
+        counters.accepted += count
+        return True
+
     def push_front(self, item: T, size: int = 0) -> None:
         """Put an item back at the head, past any mark (redelivery must not lose it)."""
         self._items.appendleft((item, size))
@@ -176,8 +194,14 @@ class BoundedQueue(Generic[T]):
 
     def take(self, limit: int | None = None) -> list[T]:
         """Remove and return up to ``limit`` items (all when None), oldest first."""
-        count = len(self._items) if limit is None else min(limit, len(self._items))
-        return [self.pop() for _ in range(count)]
+        items = self._items
+        if limit is None or limit >= len(items):
+            taken = [item for item, _ in items]
+            items.clear()
+            self.bytes = 0
+            self.counters.taken += len(taken)
+            return taken
+        return [self.pop() for _ in range(limit)]
 
     def clear(self) -> list[T]:
         """Remove everything without counting it as taken (the owner accounts for it)."""
@@ -191,6 +215,8 @@ class BoundedQueue(Generic[T]):
         """One MessageDropped per reason for drops since the last call."""
         c = self.counters
         now = (c.dropped_newest, c.dropped_oldest, c.refused)
+        if now == self._reported:
+            return []  # the common case, asked after every batch
         reasons = ("drop-newest", "drop-oldest", "queue-full")
         direction = "in" if self.receiving else "out"
         found = [
@@ -234,10 +260,27 @@ class FairQueue(Generic[P, T]):
             self._ready.append(peer)
         return outcome
 
+    def extend(self, peer: P, items: list[T], sizes: list[int]) -> bool:
+        """Queue all of ``items`` from (or for) ``peer`` if they fit together (see
+        ``BoundedQueue.extend``); False: nothing queued, push them one at a time."""
+        q = self.queue(peer)
+        was_empty = not q
+        if not q.extend(items, sizes):
+            return False
+        self._length += len(items)
+        if was_empty and items:
+            self._ready.append(peer)
+        return True
+
     def take(self, limit: int | None = None) -> list[tuple[P, T]]:
         """Up to ``limit`` items, one peer at a time in turn."""
-        out: list[tuple[P, T]] = []
         ready = self._ready
+        if len(ready) == 1 and (limit is None or limit >= self._length):
+            peer = ready.popleft()  # one peer has everything: no turns to take
+            items = self.queues[peer].take()
+            self._length -= len(items)
+            return [(peer, item) for item in items]
+        out: list[tuple[P, T]] = []
         while ready and (limit is None or len(out) < limit):
             peer = ready.popleft()
             q = self.queues[peer]

@@ -160,6 +160,18 @@ class StatsRecorder:
             counts.messages_out += 1
             counts.bytes_out += size
 
+    def messages_in(self, peer: int | None, count: int, size: int) -> None:
+        """``count`` messages of ``size`` bytes in all arrived (a batch)."""
+        for counts in self._both(peer):
+            counts.messages_in += count
+            counts.bytes_in += size
+
+    def messages_out(self, peer: int | None, count: int, size: int) -> None:
+        """``count`` messages of ``size`` bytes in all went out (a batch)."""
+        for counts in self._both(peer):
+            counts.messages_out += count
+            counts.bytes_out += size
+
     def drop(self, reason: str, peer: int | None = None, count: int = 1) -> None:
         """``count`` messages dropped for ``reason``."""
         for counts in self._both(peer):

@@ -32,6 +32,7 @@ class Pair(PatternCore):
             peer = next(iter(self.peers))
         if peer not in self.peers:
             raise ValueError(f"peer {peer} is not connected")
+        self.check_size(payload)
         return self._queue(peer, Envelope(Kind.MESSAGE, bytes(payload)))
 
     def _on_message(self, peer: int, env: Envelope, now: float) -> None:

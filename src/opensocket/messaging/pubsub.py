@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ._base import PatternCore
-from .envelope import Envelope, Kind
+from .envelope import Envelope, Kind, WireFrame, decode
 from .events import Event, SubscriptionReady
 from .hwm import FairQueue, HighWaterMark, Outcome, Policy
 
 __all__ = ["LastValueCache", "Publisher", "PublisherOptions", "Subscriber", "SubscriptionIndex"]
 
 MAX_TOPIC = 65535
+MAX_BARE = 1024  # topics whose PUBLISH metadata a subscriber remembers (skips decoding)
 
 
 def _check_topic(topic: bytes) -> bytes:
@@ -167,6 +168,7 @@ class Publisher(PatternCore):
         under the drop policies each full subscriber drops (and counts) on its own.
         """
         topic = _check_topic(topic)
+        self.check_size(payload, topic)
         peers = self.index.match(topic)
         if self.hwm.policy is Policy.BLOCK and any(self.peers[p].queue.full for p in peers):
             return Outcome.WOULD_BLOCK
@@ -178,6 +180,42 @@ class Publisher(PatternCore):
         for peer in peers:
             self._queue(peer, env)
         return Outcome.QUEUED
+
+    def publish_many(self, topic: bytes, payloads: Sequence[bytes], now: float) -> int:
+        """Publish messages on one topic in order, as ``publish`` would one by one; return
+        how many were taken before a full subscriber said WOULD_BLOCK (under BLOCK)."""
+        if not payloads:
+            return 0
+        topic = _check_topic(topic)
+        self.check_size(max(payloads, key=len), topic)
+        peers = self.index.match(topic)
+        count = len(payloads)
+        if self.hwm.policy is Policy.BLOCK and peers:
+            if self.hwm.bytes is not None:  # room in bytes: ask one message at a time
+                return self._publish_each(topic, payloads, now)
+            room = min(self.hwm.messages - len(self.peers[p].queue) for p in peers)
+            count = max(0, min(count, room))
+            if count == 0:
+                return 0
+        kind = Kind.PUBLISH
+        new = tuple.__new__  # faster than the named tuple's own __new__ with keywords
+        envs = [
+            new(Envelope, (kind, bytes(p), None, topic, 0, None, None)) for p in payloads[:count]
+        ]
+        sizes = [len(p) + len(topic) for p in payloads[:count]]
+        if self.cache is not None:
+            self.cache.put(topic, envs[-1].payload)
+        self.published += count
+        self.last_fanout = len(peers)
+        for peer in peers:
+            self._queue_many(peer, envs, sizes)  # the same envelopes: encoded once for all
+        return count
+
+    def _publish_each(self, topic: bytes, payloads: Sequence[bytes], now: float) -> int:
+        for sent, payload in enumerate(payloads):
+            if self.publish(topic, payload, now) is Outcome.WOULD_BLOCK:
+                return sent
+        return len(payloads)
 
     def _on_subscribe(self, peer: int, env: Envelope, now: float) -> None:
         assert env.topic is not None
@@ -211,6 +249,8 @@ class Subscriber(PatternCore):
         self.inbox: FairQueue[int, Envelope] = FairQueue(hwm or HighWaterMark(), receiving=True)
         self.unwanted = 0
         self._waiting: dict[bytes, set[int]] = {}
+        # metadata of a bare PUBLISH on a topic we want -> that topic (skips decoding)
+        self._bare: dict[bytes, bytes] = {}
 
     def subscribe(self, topic: bytes, now: float) -> None:
         """Subscribe to a prefix at every connected publisher (and every later one)."""
@@ -229,6 +269,7 @@ class Subscriber(PatternCore):
             return
         self.topics.discard(topic)
         self._waiting.pop(topic, None)
+        self._bare.clear()  # it may hold topics only this subscription wanted
         for peer in self.peers:
             self._control.append((peer, Envelope(Kind.UNSUBSCRIBE, topic=topic)))
 
@@ -265,6 +306,51 @@ class Subscriber(PatternCore):
             self._discard("unsubscribed", peer, way="in")
             return
         self._inbox_drop(peer, self.inbox.push(peer, env, env.size))
+
+    def receive_many(self, peer: int, frames: Iterable[WireFrame], now: float) -> None:
+        """Frames from one publisher; runs of bare PUBLISH frames on a subscribed topic go
+        to the inbox at once."""
+        run: list[Envelope] = []
+        publish = Kind.PUBLISH
+        wanted = self._bare
+        new = tuple.__new__
+        for frame in frames:
+            topic = wanted.get(frame[1]) if frame[0] == publish else None
+            if topic is not None:  # a bare PUBLISH on a wanted topic seen before: no decoding
+                run.append(new(Envelope, (publish, frame[2], None, topic, 0, None, None)))
+                continue
+            env = decode(*frame)
+            if env.kind is publish and env.seq is None and self._wanted(env):
+                if env.id is None and not env.flags:
+                    self._remember(frame[1], env)
+                run.append(env)
+                continue
+            if run:
+                self._arrived(peer, run, now)
+                run = []
+            self.receive(peer, env, now)
+        if run:
+            self._arrived(peer, run, now)
+
+    def _remember(self, meta: bytes, env: Envelope) -> None:
+        if len(self._bare) >= MAX_BARE:
+            self._bare.clear()
+        assert env.topic is not None
+        self._bare[meta] = env.topic
+
+    def _wanted(self, env: Envelope) -> bool:
+        topic = env.topic
+        assert topic is not None
+        return topic in self.topics or any(topic.startswith(t) for t in self.topics)
+
+    def _arrived(self, peer: int, envs: list[Envelope], now: float) -> None:
+        if peer not in self.peers:
+            raise ValueError(f"peer {peer} is not up")
+        sizes = [len(env[1]) + len(env[3] or b"") for env in envs]  # payload and topic
+        self.stats.messages_in(peer, len(sizes), sum(sizes))
+        if not self.inbox.extend(peer, envs, sizes):
+            for env in envs:  # over the mark: the policy applies to each
+                self._inbox_drop(peer, self.inbox.push(peer, env, env.size))
 
     @property
     def paused(self) -> set[int]:

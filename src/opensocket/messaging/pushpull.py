@@ -16,13 +16,23 @@ ignored, so no delivery is acknowledged twice.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, MalformedEnvelope
 from ._base import PatternCore
-from .envelope import Envelope, Kind, MetaFlags, decode_credit, encode_credit
+from .envelope import (
+    BARE_META,
+    Envelope,
+    Kind,
+    MetaFlags,
+    WireFrame,
+    decode,
+    decode_credit,
+    encode_credit,
+)
 from .events import DeliveryAcked, Event, MessageRedelivered
-from .hwm import BoundedQueue, FairQueue, HighWaterMark, Outcome
+from .hwm import BoundedQueue, FairQueue, HighWaterMark, Outcome, Policy
 
 __all__ = ["PullOptions", "Puller", "PushOptions", "Pusher"]
 
@@ -78,6 +88,7 @@ class Pusher(PatternCore):
 
     def send(self, payload: bytes, now: float) -> Outcome:
         """Offer one message (the policy applies when the shared queue is full)."""
+        self.check_size(payload)
         if self.options.acks:
             env = Envelope(Kind.MESSAGE, bytes(payload), self._next_id, flags=_ACK_REQUESTED)
             self._next_id += 1
@@ -94,8 +105,82 @@ class Pusher(PatternCore):
         self._dispatch()
         return outcome
 
+    def send_many(self, payloads: Sequence[bytes], now: float) -> int:
+        """Offer messages in order, as ``send`` would one by one; return how many were
+        taken before a full queue said WOULD_BLOCK (offer the rest again later)."""
+        if not payloads:
+            return 0
+        self.check_size(max(payloads, key=len))
+        sent = 0
+        if not self.options.acks:
+            if not self.queue:
+                sent = self._hand_out(payloads)
+            sent += self._enqueue(payloads[sent:] if sent else payloads)
+        for payload in payloads[sent:] if sent else payloads:
+            if self.send(payload, now) is Outcome.WOULD_BLOCK:
+                break
+            sent += 1
+        return sent
+
+    def _enqueue(self, payloads: Sequence[bytes]) -> int:
+        """The batch path into the shared queue, while it has room for all of them (BLOCK
+        with a message mark only: the other policies decide message by message)."""
+        hwm = self.queue.hwm
+        if not payloads or hwm.policy is not Policy.BLOCK or hwm.bytes is not None:
+            return 0
+        count = min(len(payloads), hwm.messages - len(self.queue))
+        if count <= 0:
+            return 0
+        message = Kind.MESSAGE
+        new = tuple.__new__
+        envs = [
+            new(Envelope, (message, bytes(p), None, None, 0, None, None)) for p in payloads[:count]
+        ]
+        if not self.queue.extend(envs, [len(env[1]) for env in envs]):
+            return 0
+        self._dispatch()
+        return count
+
+    def _hand_out(self, payloads: Sequence[bytes]) -> int:
+        """The batch path: straight to pullers with credit, round-robin as ``send`` does."""
+        order, credit, peers = self._order, self.credit, self.peers
+        message = Kind.MESSAGE
+        if len(order) == 1:
+            peer = order[0]
+            count = min(credit[peer], len(payloads)) if peers[peer].writable else 0
+            if count:
+                credit[peer] -= count
+                new = tuple.__new__
+                envs = [
+                    new(Envelope, (message, bytes(p), None, None, 0, None, None))
+                    for p in payloads[:count]
+                ]
+                self._queue_many(peer, envs, [len(env[1]) for env in envs])
+            return count
+        batches: dict[int, list[Envelope]] = {}
+        sent = 0
+        for payload in payloads:
+            picked = self._pick()
+            if picked is None:
+                break
+            credit[picked] -= 1
+            batches.setdefault(picked, []).append(Envelope(message, bytes(payload)))
+            sent += 1
+        for peer, envs in batches.items():
+            self._queue_many(peer, envs)
+        return sent
+
     def _dispatch(self) -> None:
         queue = self.queue
+        order = self._order
+        if queue and len(order) == 1 and not self.options.acks:
+            only = order[0]  # one puller: hand it what its credit allows in one go
+            count = min(self.credit[only], len(queue)) if self.peers[only].writable else 0
+            if count > 0:
+                self.credit[only] -= count
+                envs = queue.take(count)
+                self._queue_many(only, envs, [len(env[1]) for env in envs])  # no topics here
+            return
         while queue:
             peer = self._pick()
             if peer is None:
@@ -222,14 +307,49 @@ class Puller(PatternCore):
             self._inbox_drop(peer, outcome)
             self._owe(peer)  # a dropped message frees its credit too
 
+    def receive_many(self, peer: int, frames: Iterable[WireFrame], now: float) -> None:
+        """Frames from one pusher; runs of bare MESSAGE frames go to the inbox at once."""
+        if self.options.acks:
+            super().receive_many(peer, frames, now)
+            return
+        run: list[bytes] = []
+        message = Kind.MESSAGE
+        for frame in frames:
+            if frame[0] == message and frame[1] == BARE_META:
+                run.append(frame[2])
+                continue
+            if run:
+                self._arrived(peer, run, now)
+                run = []
+            self.receive(peer, decode(*frame), now)
+        if run:
+            self._arrived(peer, run, now)
+
+    def _arrived(self, peer: int, payloads: list[bytes], now: float) -> None:
+        if peer not in self.peers:
+            raise ValueError(f"peer {peer} is not up")
+        sizes = list(map(len, payloads))
+        self.stats.messages_in(peer, len(sizes), sum(sizes))
+        message = Kind.MESSAGE
+        new = tuple.__new__  # a bare MESSAGE: faster than the named tuple's own __new__
+        envs = [new(Envelope, (message, p, None, None, 0, None, None)) for p in payloads]
+        if not self.inbox.extend(peer, envs, sizes):
+            for env in envs:  # over the mark: the policy applies to each
+                self._on_message(peer, env, now)
+
     def take(self, limit: int | None = None) -> list[tuple[int, Envelope]]:
         """Messages in fair-queue order; without acks taking one returns its credit."""
         taken = self.inbox.take(limit)
+        if not self.options.acks:
+            counts: dict[int, int] = {}
+            for peer, _ in taken:
+                counts[peer] = counts.get(peer, 0) + 1
+            for peer, count in counts.items():
+                self._owe(peer, count)
+            return taken
         for peer, env in taken:
-            if self.options.acks and env.id is not None and peer in self._unacked:
+            if env.id is not None and peer in self._unacked:
                 self._unacked[peer].add(env.id)
-            elif not self.options.acks:
-                self._owe(peer)
         return taken
 
     def ack(self, peer: int, delivery_id: int) -> bool:
@@ -244,10 +364,10 @@ class Puller(PatternCore):
         self._owe(peer)
         return True
 
-    def _owe(self, peer: int) -> None:
+    def _owe(self, peer: int, count: int = 1) -> None:
         if peer not in self._owed:
             return
-        self._owed[peer] += 1
+        self._owed[peer] += count
         if self._owed[peer] >= max(1, self.options.prefetch // 2):
             self._grant(peer, self._owed[peer])
             self._owed[peer] = 0

@@ -30,6 +30,7 @@ from .hwm import HighWaterMark, Outcome, Policy
 __all__ = ["Replier", "Requester", "RequesterOptions"]
 
 _RETRYABLE = int(MetaFlags.RETRYABLE)
+_ERROR = int(MetaFlags.ERROR)  # a plain int: IntFlag arithmetic is slow on every reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class Requester(PatternCore):
         super().__init__(opts.hwm)
         self.pending: dict[int, _Pending] = {}
         self.late_replies = 0
+        self.cancelled = 0
+        self._cancelled: dict[int, int] = {}  # id -> peer: handed over, a reply may still come
         self.retries = 0
         self._unsent: deque[int] = deque()
         self._order: deque[int] = deque()
@@ -80,6 +83,7 @@ class Requester(PatternCore):
         retryable: bool = False,
     ) -> int:
         """Queue a request; return its id. Raises QueueFull when full under RAISE."""
+        self.check_size(payload)
         timeout = self.options.timeout if timeout is None else timeout
         if timeout is not None and not timeout > 0:
             raise ConfigError(f"a request timeout must be > 0 seconds, not {timeout}")
@@ -100,7 +104,10 @@ class Requester(PatternCore):
     @property
     def ready(self) -> bool:
         """Whether a new request would be queued for a peer right now (BLOCK policy)."""
-        return any(not self.peers[p].queue.full for p in self._order) and not self._unsent
+        if self._unsent:
+            return False
+        peers = self.peers
+        return any(not peers[p].queue.full for p in self._order)
 
     def _dispatch(self, pending: _Pending) -> None:
         peer = self._pick()
@@ -108,7 +115,7 @@ class Requester(PatternCore):
             self._unsent.append(pending.id)
             return
         flags = _RETRYABLE if pending.retryable else 0
-        env = Envelope(Kind.REQUEST, pending.payload, pending.id, flags=flags)
+        env = Envelope(Kind.REQUEST, pending.payload, pending.id, None, flags)
         pending.peer = peer
         pending.handed = False
         outcome = self._queue(peer, env)
@@ -159,6 +166,8 @@ class Requester(PatternCore):
         queued = super().peer_down(peer, now)
         if peer in self._order:
             self._order.remove(peer)
+        if self._cancelled:  # their replies can no longer come
+            self._cancelled = {r: p for r, p in self._cancelled.items() if p != peer}
         for env in queued:  # never handed to the transport: not a retry
             assert env.id is not None
             if env.id in self.pending:
@@ -193,14 +202,28 @@ class Requester(PatternCore):
                 out.append((peer, env))
         return out
 
+    def cancel(self, rid: int) -> bool:
+        """Give up on request ``rid``: not sent if still queued; a reply that comes later is
+        dropped and counted (reason "cancelled"). False if it had already ended."""
+        pending = self.pending.pop(rid, None)
+        if pending is None:
+            return False
+        self.cancelled += 1
+        if pending.handed and pending.peer is not None:
+            self._cancelled[rid] = pending.peer
+        return True  # still queued: frames_to_send leaves it out
+
     def _on_reply(self, peer: int, env: Envelope, now: float) -> None:
         assert env.id is not None
         pending = self.pending.pop(env.id, None)
+        if pending is None and self._cancelled.pop(env.id, None) is not None:
+            self._discard("cancelled", peer, way="in")
+            return
         if pending is None:
             self.late_replies += 1
             self._discard("late-reply", peer, way="in")
             return
-        error = bool(env.flags & MetaFlags.ERROR)
+        error = bool(env.flags & _ERROR)
         self._events.append(ReplyReceived(env.id, env.payload, error))
 
     def abort(self, reason: str) -> list[int]:
@@ -276,8 +299,9 @@ class Replier(PatternCore):
             return None
         if rid not in ids:
             raise ValueError(f"request {rid} of peer {peer} is not awaiting a reply")
-        flags = int(MetaFlags.ERROR) if error else 0
-        outcome = self._queue(peer, Envelope(Kind.REPLY, bytes(payload), rid, flags=flags))
+        self.check_size(payload)
+        flags = _ERROR if error else 0
+        outcome = self._queue(peer, Envelope(Kind.REPLY, bytes(payload), rid, None, flags))
         if outcome is not Outcome.WOULD_BLOCK:
             ids.discard(rid)
         return outcome

@@ -67,7 +67,7 @@ from .frame import (
     data_tail,
     encode_frame,
 )
-from .patterns import PatternFrame, bad_frame, pattern_parts
+from .patterns import EncodedFrames, PatternFrame, bad_frame, pattern_parts
 
 __all__ = ["FramedConnection", "Role", "State"]
 
@@ -82,6 +82,13 @@ def _not_bytes(payload: object) -> CodecError:
     return CodecError(
         f"a message must be bytes-like, not {type(payload).__name__}: encode it, or use a "
         "codec that does (codec='json' or 'msgpack')"
+    )
+
+
+def _patterns_off() -> ConfigError:
+    return ConfigError(
+        "messaging-pattern frames are off on this connection: set "
+        "ProtocolOptions.pattern on both sides (or pass patterns=True)"
     )
 
 
@@ -322,13 +329,20 @@ class FramedConnection:
             )
 
     def take_messages(self) -> list[bytes | Frame]:
-        """Remove and return the message payloads received so far, in order."""
+        """Remove and return the message payloads received so far, in order (pattern frames
+        as tuples instead of Frames after ``deliver_pattern_tuples``)."""
         decoder = self._decoder
         messages = decoder.messages
         if messages:
             decoder.messages = []
             self.messages_in += len(messages)
         return messages
+
+    def deliver_pattern_tuples(self, on: bool = True) -> None:
+        """Pattern frames come out of ``take_messages`` as ``(type, metadata, payload)``
+        tuples instead of Frame objects from now on (cheaper, for runtimes that feed them to
+        a messaging Bridge)."""
+        self._decoder.pattern_tuples = on
 
     def events(self) -> list[Event]:
         """Remove and return the events produced so far."""
@@ -422,10 +436,7 @@ class FramedConnection:
         if self.state is not State.OPEN:
             raise self.closed_exception()
         if not self.patterns:
-            raise ConfigError(
-                "messaging-pattern frames are off on this connection: set "
-                "ProtocolOptions.pattern on both sides (or pass patterns=True)"
-            )
+            raise _patterns_off()
         out = self._out
         start = len(out)
         try:
@@ -439,6 +450,29 @@ class FramedConnection:
             del out[start:]  # a part that is not bytes-like may only show up when joined
             raise bad_frame(frames) from None
         self.messages_out += len(frames)
+
+    def send_encoded(self, batch: EncodedFrames) -> None:
+        """Queue pattern frames framed once by ``encode_frames`` (the same frames going to
+        several connections); the checks of ``send_frames`` apply. Raises ConfigError if
+        ``batch`` was framed for the other checksum setting."""
+        if self.state is not State.OPEN:
+            raise self.closed_exception()
+        if not self.patterns:
+            raise _patterns_off()
+        if batch.checksum != self._checksum:
+            raise ConfigError(
+                f"these frames were framed {'with' if batch.checksum else 'without'} checksums "
+                "and this connection agreed otherwise: frame them with its setting"
+            )
+        if batch.largest > self._peer_max:
+            raise self._too_large(batch.largest)
+        self._out += batch.data
+        self.messages_out += batch.count
+
+    @property
+    def checksums(self) -> bool:
+        """Whether frames on this connection carry checksums (agreed in the handshake)."""
+        return self._checksum
 
     def _too_large(self, size: int) -> FrameTooLarge:
         return FrameTooLarge(

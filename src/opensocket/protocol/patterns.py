@@ -6,18 +6,60 @@ frames ``(type, metadata, payload)`` triples, without copying the payloads.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
-from ..errors import CodecError, ConfigError, FrameTooLarge, OpenSocketError
-from .frame import PATTERN_FIRST, PATTERN_LAST, frame_head
+from crc32c import crc32c
 
-__all__ = ["MAX_META", "PatternFrame", "bad_frame", "pattern_parts"]
+from ..errors import CodecError, ConfigError, FrameTooLarge, OpenSocketError
+from .frame import CHECKSUM, DATA_HEADER, HEADER, MAGIC_VERSION, PATTERN_FIRST, PATTERN_LAST, TAIL
+
+__all__ = [
+    "MAX_META",
+    "EncodedFrames",
+    "PatternFrame",
+    "bad_frame",
+    "encode_frames",
+    "pattern_parts",
+]
 
 MAX_META: Final = 0xFFFF  # the header's meta length is a u16
 
 Buffer = bytes | bytearray | memoryview
 PatternFrame = tuple[int, bytes, Buffer]  # (frame type, metadata, payload)
+
+# (type, metadata, payload size) -> (header bytes 8-15, the CRC-32C of them and of the
+# metadata, the whole unchecksummed header, the body size). Types, metadata and sizes repeat,
+# so a frame then costs one dict lookup, one CRC call over its payload and one struct pack;
+# an entry exists only for a frame that passed the checks (type range, metadata size).
+_MAX_HEADS: Final = 4096
+# Envelope flags (byte 1 of the metadata) of a seq, ack or id field: such metadata never
+# repeats, so caching its header would only churn the cache.
+NUMBERED: Final = 0x70
+Head = tuple[bytes, int, bytes, int]
+_heads: dict[tuple[int, bytes, int], Head] = {}
+
+
+def _new_head(frame_type: int, meta: bytes, size: int) -> Head:
+    if not PATTERN_FIRST <= frame_type <= PATTERN_LAST:
+        raise not_pattern(frame_type)
+    meta_len = len(meta)
+    if meta_len > MAX_META:
+        raise FrameTooLarge(
+            f"frame metadata of {meta_len} bytes exceeds {MAX_META} bytes "
+            "(the header's meta length is 16 bits)"
+        )
+    body = meta_len + size
+    tail = TAIL.pack(frame_type, CHECKSUM, meta_len, body)
+    plain = HEADER.pack(MAGIC_VERSION, 0, frame_type, 0, meta_len, body)
+    entry = (tail, crc32c(meta, crc32c(tail)), plain, body)
+    if meta_len < 2 or not meta[1] & NUMBERED:
+        if len(_heads) >= _MAX_HEADS:
+            _heads.clear()
+        _heads[(frame_type, bytes(memoryview(meta)), size)] = entry  # hashable key
+    return entry
 
 
 def not_pattern(frame_type: int) -> ConfigError:
@@ -44,26 +86,49 @@ def pattern_parts(
     """
     parts: list[Buffer] = []
     append = parts.append
-    head = frame_head
     total = 0
+    pack = DATA_HEADER.pack
+    known = _heads.get
+    last: tuple[object, object, int] = (None, None, -1)
+    tail, crc, plain, body = b"", 0, b"", 0
     for frame_type, meta, payload in frames:
-        if not PATTERN_FIRST <= frame_type <= PATTERN_LAST:
-            raise not_pattern(frame_type)
-        meta_len = len(meta)
-        size = meta_len + len(payload)
-        if size > limit:
-            raise too_large(size, limit)
-        if meta_len > MAX_META:
-            raise FrameTooLarge(
-                f"frame metadata of {meta_len} bytes exceeds {MAX_META} bytes "
-                "(the header's meta length is 16 bits)"
-            )
-        append(head(frame_type, meta, payload, checksum))
-        if meta_len:
-            append(meta)
+        size = len(payload)
+        key = (frame_type, meta, size)
+        if key != last:  # runs of alike frames (a batch of messages) share one header
+            entry = known(key) if type(meta) is bytes else None
+            if entry is None:
+                entry = _new_head(frame_type, meta, size)
+            tail, crc, plain, body = entry
+            last = key
+        if body > limit:
+            raise too_large(body, limit)
+        append(pack(MAGIC_VERSION, crc32c(payload, crc), tail) if checksum else plain)
+        append(meta)
         append(payload)
-        total += size
+        total += body
     return parts, total
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrames:
+    """Pattern frames framed once, to queue on several connections (``send_encoded``): a
+    message published to many subscribers costs one framing and one CRC per frame."""
+
+    data: bytes
+    count: int  # frames
+    largest: int  # the largest frame body, checked against each connection's peer limit
+    checksum: bool  # framed with checksums: only for connections that agreed on them
+
+
+def encode_frames(frames: Sequence[PatternFrame], *, checksum: bool) -> EncodedFrames:
+    """Frame ``frames`` once (raises like ``send_frames`` for a bad frame)."""
+    try:
+        parts, _ = pattern_parts(frames, checksum=checksum, limit=0xFFFFFFFF)
+        data = b"".join(parts)
+    except (TypeError, struct.error):
+        raise bad_frame(frames) from None
+    largest = max((len(meta) + len(payload) for _, meta, payload in frames), default=0)
+    return EncodedFrames(data, len(frames), largest, checksum)
 
 
 def bad_frame(frames: Sequence[PatternFrame]) -> OpenSocketError:

@@ -37,6 +37,7 @@ from ..rudp import RudpOptions
 from ._connect import open_socket, open_transport
 from ._framed import Connection, FramedLink
 from .datagram import DatagramEndpoint, open_datagram_endpoint
+from .messaging import Pair, Publisher, Puller, Pusher, Replier, Requester, Subscriber
 from .pool import Pool, PoolClosed, PoolExhausted, PoolStats
 from .rudp import ReliableConnection, ReliableServer, connect_rudp, serve_rudp
 from .server import Server
@@ -45,14 +46,21 @@ from .stream import Stream, fmt_sockaddr
 __all__ = [
     "Connection",
     "DatagramEndpoint",
+    "Pair",
     "Pool",
     "PoolClosed",
     "PoolExhausted",
     "PoolStats",
+    "Publisher",
+    "Puller",
+    "Pusher",
     "ReliableConnection",
     "ReliableServer",
+    "Replier",
+    "Requester",
     "Server",
     "Stream",
+    "Subscriber",
     "connect",
     "open_datagram",
     "open_socket",

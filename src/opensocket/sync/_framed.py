@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._connection import ConnectionBase, snapshot
@@ -31,6 +31,7 @@ from ..hooks import Hooks
 from ..protocol.connection import FramedConnection, State
 from ..protocol.events import ConnectionTerminated, HandshakeComplete, PongReceived
 from ..protocol.frame import Frame
+from ..protocol.patterns import PatternFrame
 from ..stats import ConnectionStats
 from ._transport import Transport
 
@@ -73,6 +74,7 @@ class FramedLink:
         queue_lock = threading.Lock()
         self._has_items = threading.Condition(queue_lock)
         self._has_space = threading.Condition(queue_lock)
+        self._receiver: Callable[[list[bytes | Frame]], None] | None = None
         self._pong = threading.Condition(threading.Lock())
         self._pongs = 0
         self._rtt = 0.0
@@ -94,7 +96,10 @@ class FramedLink:
         """The reader loop; returns once the connection has ended and the socket is closed."""
         self.thread = self.thread or threading.current_thread()
         try:
-            self._flush(block=True)
+            try:
+                self._flush(block=True)
+            except OpenSocketError:
+                pass  # reset before our first write: the core has failed and the loop ends
             self._loop()
         except Exception as exc:  # a bug here must not leave the peer hanging
             self.log.exception("reader failed")
@@ -214,7 +219,38 @@ class FramedLink:
 
     # ---- the inbox -------------------------------------------------------------------------
 
+    def set_receiver(self, receiver: Callable[[list[bytes | Frame]], None]) -> list[bytes | Frame]:
+        """Hand every later batch to ``receiver`` (on the reader thread) instead of the inbox;
+        returns what the inbox held. Flow control is then the receiver's (``pause_reading``)."""
+        with self._has_items:
+            self._receiver = receiver
+            early = list(self.inbox)
+            self.inbox.clear()
+            self._queued_bytes = 0
+            self._paused = False
+            self._has_space.notify_all()
+        return early
+
+    def pause_reading(self, paused: bool) -> None:
+        """Stop (True) or resume reading the socket; timers keep running meanwhile."""
+        with self._has_space:
+            self._paused = paused
+            self._has_space.notify_all()
+
+    def queue_frames(self, frames: Sequence[PatternFrame]) -> None:
+        """Queue pattern frames in the core without writing them (``flush`` does)."""
+        with self._core_lock:
+            self.core.send_frames(frames)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Write out everything the core has queued (blocks while the peer is slow)."""
+        self._flush(block=True, timeout=timeout)
+
     def _deliver(self, messages: list[bytes | Frame]) -> None:
+        receiver = self._receiver
+        if receiver is not None:
+            receiver(messages)
+            return
         opts = self.core.options
         with self._has_items:
             inbox = self.inbox
@@ -443,6 +479,11 @@ class Connection(ConnectionBase):
                 if exc.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
                     return
                 raise
+
+    @property
+    def link(self) -> FramedLink:
+        """The link driving this connection (for opensocket's own layers, e.g. messaging)."""
+        return self._link
 
     @property
     def unread(self) -> int:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from ...errors import (
     CloseCode,
     ConnectionClosed,
+    FrameTooLarge,
     OpenSocketError,
     QueueFull,
     ReadTimeout,
@@ -38,6 +40,7 @@ from ...messaging import (
     RequestReceived,
     Subscriber,
 )
+from ...messaging._base import ENVELOPE_OVERHEAD
 from ._socket import Socket
 
 __all__ = [
@@ -60,8 +63,24 @@ def _closed(pattern: str) -> ConnectionClosed:
     return ConnectionClosed(CloseCode.NORMAL, f"the {pattern} socket is closed")
 
 
+def _topic(env: Envelope) -> str:
+    topic = env.topic
+    assert topic is not None
+    return topic.decode(errors="replace")
+
+
 class _Inbox(Socket):
     """A socket whose core fair-queues received messages (``take``)."""
+
+    def _take_now(self) -> tuple[int, Envelope] | None:
+        """The next message if one is queued (no coroutine needed: the common case)."""
+        core: Any = self.core
+        got = core.take(1)
+        if not got:
+            return None
+        self.kick()  # taking may owe credit
+        item: tuple[int, Envelope] = got[0]
+        return item
 
     async def _take(self, timeout: float | None) -> tuple[int, Envelope]:
         core: Any = self.core
@@ -69,18 +88,45 @@ class _Inbox(Socket):
         while True:
             got = core.take(1)
             if got:
-                self.pump()  # taking may owe credit
+                self.kick()  # taking may owe credit
                 item: tuple[int, Envelope] = got[0]
                 return item
             if deadline is not None and self.loop.time() >= deadline:
                 raise ReadTimeout(f"no message within {timeout:g}s")
             await self._wait_progress(deadline)
 
+    async def _take_many(
+        self, limit: int | None, timeout: float | None
+    ) -> list[tuple[int, Envelope]]:
+        core: Any = self.core
+        deadline = None if timeout is None else self.loop.time() + timeout
+        while True:
+            got: list[tuple[int, Envelope]] = core.take(limit)
+            if got:
+                self.kick()  # taking may owe credit
+                return got
+            if deadline is not None and self.loop.time() >= deadline:
+                raise ReadTimeout(f"no message within {timeout:g}s")
+            await self._wait_progress(deadline)
+
+    async def _offer_many(self, offer: Callable[[list[bytes]], int], payloads: list[bytes]) -> None:
+        """Offer a batch; under BLOCK wait for room for the rest and offer it again."""
+        while True:
+            try:
+                taken = offer(payloads)
+            finally:
+                self.kick()
+            if taken >= len(payloads):
+                return
+            payloads = payloads[taken:]
+            self.pump()
+            await self._wait_progress()
+
     async def _room(self, attempt: Callable[[], Outcome]) -> None:
         """Offer a message; under BLOCK wait for room and offer again."""
         while True:
             if attempt() is not Outcome.WOULD_BLOCK:
-                self.pump()
+                self.kick()
                 return
             self.pump()
             await self._wait_progress()
@@ -108,14 +154,19 @@ class RequesterSocket(Socket):
         self._check_open()
         payload = self.codec.dumps(message)
         core = self.core
-        while core.peers and not core.ready and core.hwm.policy is Policy.BLOCK:
+        while core.hwm.policy is Policy.BLOCK and core.peers and not core.ready:
             await self._wait_progress()
         rid = core.request(payload, self.loop.time(), timeout=timeout, retryable=retryable)
         future: asyncio.Future[bytes] = self.loop.create_future()
         self._futures[rid] = future
-        self.pump()
+        self.kick()
         try:
             reply = await future
+        except asyncio.CancelledError:
+            # The caller gave up (task cancelled, an outer timeout): so does the core, and a
+            # reply that still comes is dropped and counted, not left pending forever.
+            self.core.cancel(rid)
+            raise
         finally:
             self._futures.pop(rid, None)
         return self.codec.loads(reply)
@@ -145,6 +196,22 @@ class RequesterSocket(Socket):
             if not future.done():
                 future.set_exception(RequestAborted("the request socket was closed"))
         self.core.abort("the request socket was closed")
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drive ``coro``, started eagerly and suspended on ``waiting``, to its end (what a
+    Task would have done from its first step on)."""
+    while True:
+        if waiting is None:  # a bare yield (asyncio.sleep(0))
+            await asyncio.sleep(0)
+        else:
+            waiting._asyncio_future_blocking = False  # as Task does with what it is handed
+            with contextlib.suppress(BaseException):
+                await waiting  # the coroutine reads the outcome itself when resumed
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
 
 
 class Request:
@@ -197,7 +264,17 @@ class ReplierSocket(Socket):
         if self.handler is None:
             self._requests.append(request)
             return
-        task = self.loop.create_task(self._run(request, self.handler))
+        # Started eagerly: a handler that answers without waiting (the common case) costs
+        # no task and no loop iteration; one that waits continues in a task.
+        coro = self._run(request, self.handler)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # replying failed (the handler's own errors became replies)
+            log.exception("request %d of peer %d could not be answered", event.id, event.peer)
+            return
+        task = self.loop.create_task(_resume(coro, waiting))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -225,10 +302,20 @@ class ReplierSocket(Socket):
         while True:
             if self._closed:
                 return
-            outcome = self.core.reply(peer, rid, payload, self.loop.time(), error=error)
-            self.pump()
+            try:
+                outcome = self.core.reply(peer, rid, payload, self.loop.time(), error=error)
+            except FrameTooLarge as exc:
+                if error:
+                    raise
+                # The requester must hear about it, or it would wait for its deadline: the
+                # error text is cut to what surely fits.
+                room = min(1024, (self.core.max_size or 1024) - ENVELOPE_OVERHEAD)
+                payload, error = str(exc).encode()[: max(room, 0)], True
+                continue
             if outcome is not Outcome.WOULD_BLOCK:
+                self.kick()
                 return
+            self.pump()
             await self._wait_progress()
 
     def _abort_pending(self) -> None:
@@ -250,7 +337,22 @@ class PublisherSocket(_Inbox):
         self._check_open()
         raw = topic.encode() if isinstance(topic, str) else topic
         payload = self.codec.dumps(message)
+        if self.core.publish(raw, payload, self.loop.time()) is not Outcome.WOULD_BLOCK:
+            self.kick()  # the common case: no second coroutine, no closure
+            return
+        self.pump()  # full: write what is queued, then wait for room and offer again
+        await self._wait_progress()
         await self._room(lambda: self.core.publish(raw, payload, self.loop.time()))
+
+    async def publish_many(self, topic: str | bytes, messages: Sequence[Any]) -> None:
+        """Publish several messages on one topic, in order: each is framed once for all its
+        subscribers and written in one batch (waits for room under BLOCK)."""
+        self._check_open()
+        raw = topic.encode() if isinstance(topic, str) else topic
+        dumps = self.codec.dumps
+        payloads = [dumps(message) for message in messages]
+        core, loop = self.core, self.loop
+        await self._offer_many(lambda p: core.publish_many(raw, p, loop.time()), payloads)
 
 
 class SubscriberSocket(_Inbox):
@@ -287,9 +389,18 @@ class SubscriberSocket(_Inbox):
 
     async def recv(self, timeout: float | None = None) -> tuple[str, Any]:
         """The next ``(topic, message)``."""
-        _, env = await self._take(timeout)
+        _, env = self._take_now() or await self._take(timeout)
         assert env.topic is not None
         return env.topic.decode(errors="replace"), self.codec.loads(env.payload)
+
+    async def recv_many(
+        self, max_messages: int | None = None, timeout: float | None = None
+    ) -> list[tuple[str, Any]]:
+        """Every ``(topic, message)`` received so far (at most ``max_messages``), waiting
+        for at least one."""
+        got = await self._take_many(max_messages, timeout)
+        loads = self.codec.loads
+        return [(_topic(env), loads(env.payload)) for _, env in got]
 
 
 class PusherSocket(_Inbox):
@@ -305,7 +416,21 @@ class PusherSocket(_Inbox):
         """Queue ``message`` for the next puller with credit (QueueFull under RAISE)."""
         self._check_open()
         payload = self.codec.dumps(message)
+        if self.core.send(payload, self.loop.time()) is not Outcome.WOULD_BLOCK:
+            self.kick()  # the common case: no second coroutine, no closure
+            return
+        self.pump()  # full: write what is queued, then wait for room and offer again
+        await self._wait_progress()
         await self._room(lambda: self.core.send(payload, self.loop.time()))
+
+    async def send_many(self, messages: Sequence[Any]) -> None:
+        """Queue several messages, in order, written in one batch (waits for room under
+        BLOCK; under RAISE, QueueFull comes after queueing those that fit)."""
+        self._check_open()
+        dumps = self.codec.dumps
+        payloads = [dumps(message) for message in messages]
+        core, loop = self.core, self.loop
+        await self._offer_many(lambda p: core.send_many(p, loop.time()), payloads)
 
     def unsettled(self) -> int:
         """Queued, not yet written, or (with acks) not yet acknowledged."""
@@ -323,20 +448,37 @@ class PullerSocket(_Inbox):
     def __init__(self, options: PullOptions | None = None, **kwargs: Any) -> None:
         super().__init__(Puller(options), **kwargs)
         self._current: tuple[int, int] | None = None
+        self._batch: list[tuple[int, int]] = []  # recv_many's deliveries awaiting their ack
 
     async def recv(self, timeout: float | None = None) -> Any:
         """The next message (acknowledging the previous one when acks are on)."""
         self.done()
-        peer, env = await self._take(timeout)
+        peer, env = self._take_now() or await self._take(timeout)
         if self.core.options.acks and env.id is not None:
             self._current = (peer, env.id)
         return self.codec.loads(env.payload)
 
+    async def recv_many(
+        self, max_messages: int | None = None, timeout: float | None = None
+    ) -> list[Any]:
+        """Every message received so far (at most ``max_messages``), waiting for at least
+        one; with acks on, the whole batch is acknowledged by the next call or ``done()``."""
+        self.done()
+        got = await self._take_many(max_messages, timeout)
+        if self.core.options.acks:
+            self._batch = [(peer, env.id) for peer, env in got if env.id is not None]
+        loads = self.codec.loads
+        return [loads(env.payload) for _, env in got]
+
     def done(self) -> None:
         """Acknowledge the message last received (acks on; otherwise nothing to do)."""
         current, self._current = self._current, None
+        batch, self._batch = self._batch, []
         if current is not None:
-            self.core.ack(*current)
+            batch.append(current)
+        for peer, delivery in batch:
+            self.core.ack(peer, delivery)
+        if batch:
             self.pump()
 
 
@@ -359,5 +501,5 @@ class PairSocket(_Inbox):
 
     async def recv(self, timeout: float | None = None) -> Any:
         """The next message from any peer."""
-        _, env = await self._take(timeout)
+        _, env = self._take_now() or await self._take(timeout)
         return self.codec.loads(env.payload)

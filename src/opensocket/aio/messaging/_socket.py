@@ -38,6 +38,7 @@ from ...messaging._base import PatternCore
 from ...options import Pattern, ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
 from ...protocol.connection import State
 from ...protocol.frame import Frame
+from ...protocol.patterns import EncodedFrames, encode_frames
 from .._framed import Connection
 from ..server import Server
 
@@ -81,6 +82,7 @@ class Socket:
         self._backoff = backoff or BackoffOptions()
         self._options = options or SocketOptions()
         self._protocol = dataclasses.replace(protocol or ProtocolOptions(), pattern=self.pattern)
+        core.max_size = self._protocol.max_frame_size  # with sessions, also the peers' limits
         self._limits = limits
         self._tls = tls
         self._secret = secret
@@ -92,6 +94,8 @@ class Socket:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._progress: asyncio.Event = asyncio.Event()  # set after each pump: waiters re-check
+        self._waiting = 0  # tasks waiting on _progress (none: a pump need not replace it)
+        self._pump_soon = False  # kick() scheduled a pump at the end of this loop iteration
         self._monitor: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
         self._monitor_wake = asyncio.Event()
         self._read_paused: set[int] = set()  # links not read while their peer's inbox is full
@@ -188,6 +192,13 @@ class Socket:
         now = self.loop.time()
         self._links[link] = conn
         proto = conn._proto
+        conn._core.deliver_pattern_tuples()  # cheaper than Frames; the bridge takes tuples
+        agreement = conn._core.agreement
+        if agreement is not None and self.core.max_size is not None and self.bridge.options:
+            # A session would replay a message its peer refuses after every reconnection:
+            # with sessions, what is sent must fit every peer's limit. Without, a link that
+            # cannot take a message drops it (counted) and the others still get it.
+            self.core.max_size = min(self.core.max_size, agreement.peer_max_frame_size)
         # frames the peer sent right after the handshake are already in the inbox
         early = list(proto.inbox)
         proto.inbox.clear()
@@ -199,7 +210,7 @@ class Socket:
             endpoint.peer = peer = self.bridge.connected(link, now, peer=endpoint.peer)
         else:
             self.bridge.accepted(link, now)
-            peer = self.bridge._peer_of.get(link, 0)  # 0: known once its SESSION arrives
+            peer = self.bridge.peer_of(link) or 0  # 0: known once its SESSION arrives
         self._emit(Connected(peer, conn.remote_address))
         if early:
             proto.taken(sum(map(len, early)))
@@ -208,7 +219,10 @@ class Socket:
             self.pump()
 
     def _receive(self, link: int, items: list[Any]) -> None:
-        frames = [(f.type, f.meta, f.payload) for f in items if type(f) is Frame]
+        frames = items
+        if not all(type(f) is tuple for f in items):  # decoded before the switch to tuples
+            frames = [(f.type, f.meta, f.payload) if type(f) is Frame else f for f in items]
+            frames = [f for f in frames if type(f) is tuple]  # DATA has no place here
         try:
             self.bridge.receive_many(link, frames, self.loop.time())
         except ProtocolError as exc:
@@ -219,7 +233,7 @@ class Socket:
         self.pump()
 
     def _writable(self, link: int, writable: bool) -> None:
-        peer = self.bridge._peer_of.get(link)
+        peer = self.bridge.peer_of(link)
         if peer is not None and peer not in self.bridge.sessions:
             self.core.set_writable(peer, writable)
             if writable:
@@ -237,23 +251,45 @@ class Socket:
 
     # ---- the pump --------------------------------------------------------------------------
 
+    def kick(self) -> None:
+        """Pump once, soon (``call_soon``): a burst of sends from one loop iteration is
+        written as one batch; a lone request still goes out without waiting for I/O."""
+        if not self._pump_soon:
+            self._pump_soon = True
+            self.loop.call_soon(self._pump_later)
+
+    def _pump_later(self) -> None:
+        self._pump_soon = False
+        if not self._closed:
+            self.pump()
+
     def pump(self) -> None:
         """Write what the bridge has, handle its events, re-arm its timer, wake waiters."""
         now = self.loop.time()
-        batches: dict[int, list[Any]] = {}
-        for link, frame in self.bridge.frames_to_send(now):
-            batches.setdefault(link, []).append(frame)
+        batches = self.bridge.frames_by_link(now)
+        # The same frames for several links (a fan-out) are framed once, not once per link.
+        shared: dict[tuple[bool, tuple[int, ...]], EncodedFrames] | None = (
+            {} if len(batches) > 1 else None
+        )
         for link, frames in batches.items():
             conn = self._links.get(link)
             if conn is None or conn._core.state is not State.OPEN:
                 continue  # a session replays them; without sessions the link is going down
+            core = conn._core
             try:
-                conn._core.send_frames(frames)
+                if shared is not None and len(frames) > 1:
+                    key = (core.checksums, tuple(map(id, frames)))
+                    batch = shared.get(key)
+                    if batch is None:
+                        batch = shared[key] = encode_frames(frames, checksum=core.checksums)
+                    core.send_encoded(batch)
+                else:
+                    core.send_frames(frames)
             except OpenSocketError as exc:  # e.g. a message over the peer's frame limit
                 log.warning(
                     "link %d: cannot send %d frame(s): %s; closing it", link, len(frames), exc
                 )
-                peer = self.bridge._peer_of.get(link)
+                peer = self.bridge.peer_of(link)
                 self._handle(peer, MessageDropped(peer, "out", "unsendable", len(frames)))
                 self.core.stats.drop("unsendable", peer, len(frames))
                 conn._proto.close(CloseCode.INTERNAL_ERROR, "unsendable frame")
@@ -269,14 +305,15 @@ class Socket:
         if self._read_paused or getattr(self.core, "paused", None):
             self._flow_in()
         self._arm_timer()
-        self._progress.set()
-        self._progress = asyncio.Event()
+        if self._waiting:
+            self._progress.set()
+            self._progress = asyncio.Event()
 
     def _flow_in(self) -> None:
         """Stop reading links whose peer's inbox is full (receive BLOCK); resume drained ones."""
-        link_of = self.bridge._link_of
+        link_of = self.bridge.link_of
         paused: set[int] = getattr(self.core, "paused", set())
-        want = {link_of[peer] for peer in paused if peer in link_of}
+        want = {link for peer in paused if (link := link_of(peer)) is not None}
         for link in want - self._read_paused:
             conn = self._links.get(link)
             transport = None if conn is None else conn._proto.transport
@@ -325,12 +362,16 @@ class Socket:
         if check:
             self._check_open()
         progress = self._progress
-        if deadline is None:
-            await progress.wait()
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
+        self._waiting += 1
+        try:
+            if deadline is None:
                 await progress.wait()
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await progress.wait()
+        finally:
+            self._waiting -= 1
 
     def _check_open(self) -> None:
         if self._closing or self._draining:
