@@ -441,7 +441,8 @@ def test_cli_rejects_bad_options() -> None:
     for argv, message in (
         (["--listen", "udp://127.0.0.1:1"], "tcp://, tls:// or unix://"),
         (["--web", "https://127.0.0.1:0"], "--tls-cert and --tls-key"),
-        (["--backplane", "redis://h:1/3"], "redis://HOST:PORT"),
+        (["--backplane", "redis://h:1/x"], "the database must be a number"),
+        (["--backplane", "http://h:1"], "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"),
         (["--operator-token", "short"], "at least 8"),
         (["--slow-messages", "0"], "--slow-messages"),
     ):

@@ -486,10 +486,54 @@ class Connection(ConnectionBase):
         self._proto.flush()
         await self._proto.drain()
 
+    def send_encoded(self, payloads: list[bytes] | tuple[bytes, ...]) -> None:
+        """Queue payloads already encoded for this connection's codec, as one batch, without
+        waiting: for servers that encode an event once and send it to many connections.
+
+        Raises ConnectionClosed once the connection is closing, and like ``send_many`` for a
+        payload over the peer's frame size limit (then none is sent). Check ``writable`` or
+        ``await drain()`` to respect backpressure.
+        """
+        self._core.send_many(payloads)
+        self._proto.schedule_flush()
+
+    def send_frames(self, frames: list[bytes] | tuple[bytes, ...]) -> None:
+        """Queue complete DATA frames, without waiting: the fan-out path of a server that
+        frames an event once (``protocol.frame.frame_bytes(FrameType.DATA, payload,
+        checksum=conn.checksum)``) and sends it to many connections.
+
+        Each frame must match this link's ``checksum`` setting (the peer rejects one that does
+        not). Raises ConnectionClosed once the connection is closing, FrameTooLarge (nothing
+        queued) for a payload over the peer's frame size limit.
+        """
+        self._core.send_data_frames(frames)
+        self._proto.schedule_flush()
+
+    @property
+    def checksum(self) -> bool:
+        """True when DATA frames on this link carry a CRC-32C (agreed in the handshake)."""
+        return self._core.checksums
+
     @property
     def writable(self) -> bool:
         """False while the send buffer is full (a ``send`` would wait)."""
         return not self._proto._write_paused
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        """Set the send buffer's high-water mark in bytes (``writable`` is False above it).
+
+        A server that bounds each client's queue itself keeps this small, so that a client
+        that stops reading is noticed early.
+        """
+        transport = self._proto.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=high)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Transport information, as asyncio's ``get_extra_info``: ``"peername"``,
+        ``"sockname"``, ``"socket"``, ``"ssl_object"``..."""
+        transport = self._proto.transport
+        return default if transport is None else transport.get_extra_info(name, default)
 
     # ---- receiving -------------------------------------------------------------------------
 
@@ -526,11 +570,15 @@ class Connection(ConnectionBase):
             return items
         return [self._decode_item(item) for item in items]
 
-    def set_receiver(self, callback: Callable[[list[Any]], None] | None) -> None:
+    def set_receiver(
+        self, callback: Callable[[list[Any]], None] | None, *, raw: bool = False
+    ) -> None:
         """Deliver messages by calling ``callback(batch)`` from the event loop as they arrive.
 
         The fastest way to receive; the callback must not block. Messages already queued are
-        delivered at once. Pass None to go back to ``recv``.
+        delivered at once. Pass None to go back to ``recv``. With ``raw=True`` the callback
+        gets each payload as bytes, not decoded: for servers that validate input themselves
+        and answer bad input instead of closing (a decoding error closes the connection).
         """
         proto = self._proto
         if callback is None:
@@ -544,12 +592,19 @@ class Connection(ConnectionBase):
             else:
                 callback([self._decode_item(i) for i in items])
 
-        proto.receiver = deliver
+        def deliver_raw(items: list[Any]) -> None:
+            if _all_plain(items):
+                callback(items)
+            else:
+                callback([i if type(i) is bytes else i.payload for i in items])
+
+        receiver = deliver_raw if raw else deliver
+        proto.receiver = receiver
         if proto.inbox:
             queued = list(proto.inbox)
             proto.inbox.clear()
             proto.taken(sum(map(len, queued)))
-            deliver(queued)
+            receiver(queued)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -573,6 +628,14 @@ class Connection(ConnectionBase):
             proto.close(code, reason)
         await asyncio.shield(proto.closed)
         await asyncio.shield(proto.lost)
+
+    def close_nowait(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake without waiting: what is queued is sent first, and a
+        peer that does not answer is dropped after the close timeout (see ``wait_closed``)."""
+        proto = self._proto
+        proto.flush()
+        if self._core.state is State.OPEN:
+            proto.close(code, reason)
 
     async def wait_closed(self) -> None:
         """Wait until the connection has ended, whoever ended it, and its socket is closed."""

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from ..chat.backplane import RoomMeta
 from ..chat.hub import Hub
@@ -37,6 +38,7 @@ from ..chat.redis_backplane import (
     ROOMS_KEY,
     Op,
     RedisBackplane,
+    RedisTarget,
     ban_key_name,
     decode_envelope,
     meta_from_hash,
@@ -44,6 +46,7 @@ from ..chat.redis_backplane import (
     nick_key_name,
     room_key_name,
 )
+from ..options import TLSOptions
 
 __all__ = ["RedisLink"]
 
@@ -125,6 +128,10 @@ class RedisLink:
         host: str = "127.0.0.1",
         port: int = 6379,
         *,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TLSOptions | None = None,
         clock: Callable[[], float] = time.time,
         heartbeat: float = 20.0,
         retry_min: float = 0.05,
@@ -137,6 +144,11 @@ class RedisLink:
         self.backplane: RedisBackplane = hub.backplane
         self.on_output = on_output
         self.host, self.port = host, port
+        self.db, self.username, self.password = db, username, password
+        self.tls = tls
+        target = RedisTarget(host, port, db, username, password, tls is not None)
+        self.where = str(target)  # for logs: the password hidden
+        self.last_error = ""  # why the last attempt failed (for logs and tests)
         self.clock = clock
         self.heartbeat = heartbeat
         self.retry_min, self.retry_max = retry_min, retry_max
@@ -215,9 +227,13 @@ class RedisLink:
             client = Redis(
                 host=self.host,
                 port=self.port,
+                db=self.db,
+                username=self.username,
+                password=self.password,
                 decode_responses=True,
                 socket_connect_timeout=self.connect_timeout,
                 retry=Retry(NoBackoff(), 0),
+                **_ssl_arguments(self.tls),
             )
             try:
                 await self._session(client)
@@ -225,9 +241,9 @@ class RedisLink:
                 if self.up:
                     self._went_down(exc)
                 else:
-                    log.debug("redis at %s:%d not reachable yet: %s", self.host, self.port, exc)
+                    self._not_yet(exc)
             except Exception:  # a bug, not an outage: say so loudly, the hub stays local
-                log.exception("redis backplane link to %s:%d failed", self.host, self.port)
+                log.exception("redis backplane link to %s failed", self.where)
                 self._set_up(False)
                 raise
             finally:
@@ -236,14 +252,29 @@ class RedisLink:
             await asyncio.sleep(self._delay)  # pacing of reconnect attempts, not an event wait
             self._delay = min(self._delay * 2, self.retry_max)
 
+    def _not_yet(self, exc: BaseException) -> None:
+        """A failed attempt while down: each new reason is logged once as a warning (the hub
+        serves its local users meanwhile), repeats only at debug level."""
+        error = _describe(exc)
+        if error != self.last_error:
+            log.warning(
+                "redis backplane at %s: %s; serving local users only, retrying",
+                self.where,
+                error,
+            )
+        else:
+            log.debug("redis backplane at %s still not reachable: %s", self.where, error)
+        self.last_error = error
+        self._notify()
+
     def _went_down(self, exc: BaseException) -> None:
         self.outages += 1
+        self.last_error = _describe(exc)
         self._set_up(False)
         log.warning(
-            "redis backplane at %s:%d is unreachable (%s): serving local users only; until it"
+            "redis backplane at %s is unreachable (%s): serving local users only; until it"
             " returns, messages reach this node's users only",
-            self.host,
-            self.port,
+            self.where,
             exc,
         )
         self._notify()
@@ -301,7 +332,7 @@ class RedisLink:
     def _resync(self) -> None:
         self.resyncs += 1
         if self.resyncs > 1:
-            log.warning("redis backplane at %s:%d is back: re-synced", self.host, self.port)
+            log.warning("redis backplane at %s is back: re-synced", self.where)
         self._emit(self.hub.resync(self.clock()))
         self._notify()
 
@@ -371,6 +402,32 @@ class RedisLink:
             await client.eval(_RENEW, len(keys), *keys, self.hub.node, NICK_TTL_MS)
             self.heartbeats += 1
             self._notify()
+
+
+def _ssl_arguments(tls: TLSOptions | None) -> dict[str, Any]:
+    """redis-py's TLS keywords for ``rediss://`` from our TLSOptions (client side)."""
+    if tls is None:
+        return {}
+    return {
+        "ssl": True,
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_cert_reqs": "required" if tls.verify else "none",
+        "ssl_check_hostname": tls.verify,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_3
+        if tls.minimum_version == "1.3"
+        else ssl.TLSVersion.TLSv1_2,
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
+        return f"{text}: check the password in --backplane"
+    if "DB index is out of range" in text:
+        return f"{text}: choose a database number the server has (redis.conf 'databases')"
+    return text
 
 
 def _queue_write(pipe: Any, op: Op, node: str) -> None:

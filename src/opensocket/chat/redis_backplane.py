@@ -18,7 +18,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final, Literal
+from urllib.parse import unquote, urlsplit
 
+from ..errors import ConfigError
 from .backplane import Backplane, BanKind, Envelope, RoomMeta
 
 __all__ = [
@@ -26,10 +28,12 @@ __all__ = [
     "NICK_TTL_MS",
     "Op",
     "RedisBackplane",
+    "RedisTarget",
     "decode_envelope",
     "encode_envelope",
     "meta_from_hash",
     "meta_to_hash",
+    "parse_redis_url",
 ]
 
 PREFIX: Final = "chat:"
@@ -80,6 +84,62 @@ def meta_from_hash(fields: dict[str, str]) -> RoomMeta | None:
         topic=fields.get("topic", ""),
         topic_by=fields.get("topic_by"),
         topic_ts=topic_ts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where the backplane's Redis is: ``redis://[[user]:password@]host[:port][/db]``, or
+    ``rediss://`` for TLS. ``str()`` hides the password (it goes to logs and banners)."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+
+    def __str__(self) -> str:
+        auth = ""
+        if self.username or self.password:
+            auth = f"{self.username or ''}{':***' if self.password else ''}@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{self.port}/{self.db}"
+
+
+_REDIS_HELP: Final = (
+    "give redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://... for TLS "
+    "(e.g. redis://127.0.0.1:6379/0)"
+)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """A ``redis://`` or ``rediss://`` URL as a RedisTarget (ConfigError if unusable)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigError(f"{url!r}: the port must be a number from 1 to 65535") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"{url!r} is not a Redis address: {_REDIS_HELP}")
+    if not parts.hostname:
+        raise ConfigError(f"{url!r} has no host: {_REDIS_HELP}")
+    path = parts.path.strip("/")
+    if not path:
+        db = 0
+    elif path.isdigit() and len(path) < 6:
+        db = int(path)
+    else:
+        raise ConfigError(f"{url!r}: the database must be a number like /0 or /3, not {path!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{url!r}: options after ? or # are not supported: {_REDIS_HELP}")
+    return RedisTarget(
+        host=parts.hostname,
+        port=port,
+        db=db,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=parts.scheme == "rediss",
     )
 
 

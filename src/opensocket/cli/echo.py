@@ -1,8 +1,8 @@
 """``opensocket echo``: an echo client that times round trips, and ``opensocket echo serve``.
 
 The server echoes framed messages (any codec the client picks), raw bytes (``--raw``) or UDP
-datagrams, on one or more addresses at once. ``EchoService`` and ``serve_echo`` are shared with
-``opensocket serve``.
+datagrams, on one or more addresses at once, and prints the command and the Python lines that
+talk to it.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def _configure_server(parser: argparse.ArgumentParser) -> None:
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:
-    """Options of an echo server (also used by ``opensocket serve``)."""
+    """Options of an echo server."""
     parser.add_argument("--json", action="store_true", help="print the addresses as JSON")
     add_limit_args(parser)
     add_tls_args(parser, server=True)
@@ -481,8 +481,33 @@ def check_server_args(args: argparse.Namespace, addrs: Sequence[Address]) -> Non
         reject_framed_flags(args, "rudp:// addresses")
 
 
-def _no_extra(args: argparse.Namespace, service: EchoService) -> list[str]:
-    return []
+def python_snippet(args: argparse.Namespace, service: EchoService) -> list[str]:
+    """Three lines of Python (``python -m asyncio``) that talk to the first stream address."""
+    streams = [a for a in service.addresses if not a.is_datagram]
+    if not streams or service.raw:
+        return []
+    url = reachable_address(streams[0])
+    modules, options = "opensocket", [f'"{url}"']
+    codec = "bytes"  # what connect() offers by default
+    if args.codec is not None:  # narrowed: the default codec may be refused
+        codec = service.protocol.codecs[0]
+        options.append(f'codec="{codec}"')
+    if args.secret_env:
+        modules += ", os"
+        options.append(f'secret=os.environ["{args.secret_env}"]')
+    elif args.secret_file:
+        options.append(f'secret=open("{args.secret_file}", "rb").read().strip()')
+    if url.is_tls:
+        ca, cert, key = tls_client_files(args)
+        files = [f'ca_file="{ca}"'] + ([f'cert_file="{cert}"', f'key_file="{key}"'] if cert else [])
+        options.append(f"tls=opensocket.TLSOptions({', '.join(files)})")
+    hello = '"hello"' if codec == "json" else 'b"hello"'  # json has no bytes
+    return [
+        "in Python (python -m asyncio):",
+        f"  >>> import {modules}",
+        f"  >>> conn = await opensocket.connect({', '.join(options)})",
+        f"  >>> await conn.send({hello}); await conn.recv()",
+    ]
 
 
 def serve_echo(
@@ -490,11 +515,11 @@ def serve_echo(
     urls: Sequence[str],
     *,
     title: str = "echo server",
-    extra: Extra = _no_extra,
+    extra: Extra = python_snippet,
 ) -> int:
     """Run echo servers on ``urls`` until SIGINT/SIGTERM; return 0 after a clean shutdown.
 
-    ``extra`` adds lines to the start banner (``opensocket serve`` adds a Python snippet).
+    ``extra`` adds lines to the start banner (by default three lines of Python that connect).
     """
     check_server_args(args, [parse_address(u) for u in urls])
     service = EchoService(

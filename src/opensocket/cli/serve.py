@@ -1,7 +1,8 @@
-"""``opensocket serve``: run the opensocket service on loopback.
+"""``opensocket serve``: the main job, the chat hub on loopback.
 
-For now the service is the framed echo server of ``opensocket echo serve`` (it will grow into a
-chat hub); this module only picks the defaults and says how to connect.
+The same hub, options and defaults as ``opensocket chat serve`` (cli/chat_serve.py); its start
+banner says how to join: the page in a browser, the terminal client, a Python bot. The framed
+echo service that ``serve`` used to run is ``opensocket echo serve``.
 """
 
 from __future__ import annotations
@@ -9,89 +10,41 @@ from __future__ import annotations
 import argparse
 from typing import Final
 
-from ..errors import AddressInUse
-from . import error_text, report_failure
-from .echo import (
-    EchoService,
-    add_server_args,
-    reachable_address,
-    serve_echo,
-    tls_client_files,
-)
+from .chat_serve import DEFAULT_LISTEN, DEFAULT_WEB
+from .chat_serve import configure as configure_hub
+from .chat_serve import execute as execute_hub
 
-__all__ = ["DEFAULT_LISTEN", "HELP", "NAME", "configure", "execute"]
+__all__ = ["HELP", "NAME", "configure", "execute"]
 
 NAME: Final = "serve"
-HELP: Final = "run the opensocket service (a framed echo service for now) on loopback"
-DEFAULT_LISTEN: Final = "tcp://127.0.0.1:9000"
+HELP: Final = "run the chat hub (browsers and terminals in the same rooms) on loopback"
 
 _EPILOG: Final = f"""\
-listens on {DEFAULT_LISTEN} unless --listen says otherwise, prints the command and the Python
-code that connect to it, and runs until Ctrl-C or SIGTERM (exit code 0 after a clean shutdown).
+starts the chat hub: native clients on {DEFAULT_LISTEN}, the browser page, WebSocket and
+metrics on {DEFAULT_WEB} (unless --listen/--web say otherwise), prints how to join, and runs
+until Ctrl-C or SIGTERM (exit code 0 after a clean shutdown). Same options as 'opensocket chat
+serve'; the framed echo service is 'opensocket echo serve'.
 
 examples:
-  opensocket serve
-  opensocket serve --listen tcp://127.0.0.1:0 --json          # port 0: the system picks one
-  opensocket serve --listen tcp://127.0.0.1:9000 --listen unix:///tmp/opensocket.sock
-  opensocket serve --listen 'tcp://*:9000' --allow 10.0.0.0/8  # every interface, one network
-  opensocket serve --codec json                               # JSON payloads only
-  opensocket cert                                             # makes certs/ for the next line
-  opensocket serve --listen tls://127.0.0.1:9443 \\
+  opensocket serve                                   # then open {DEFAULT_WEB}/
+  opensocket serve --listen tcp://127.0.0.1:0 --web http://127.0.0.1:0 --json
+  opensocket serve --listen 'tcp://*:7070' --web 'http://*:8070' --allow 10.0.0.0/8
+  opensocket serve --password-file chat.pass --operator-token-env CHAT_OP_TOKEN
+  opensocket serve --reuse-port --backplane redis://127.0.0.1:6379/0   # run it N times
+  opensocket cert                                    # makes certs/ for the next line
+  opensocket serve --listen tls://127.0.0.1:7443 --web https://127.0.0.1:8443 \\
       --tls-cert certs/server.pem --tls-key certs/server-key.pem
+
+Exit status: 0 stopped by Ctrl-C or SIGTERM, 1 failed (address in use, TLS files), 2 bad options.
 """
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``serve``."""
+    """Arguments of ``serve``: those of ``chat serve``."""
     parser.epilog = _EPILOG
-    parser.add_argument(
-        "--listen",
-        action="append",
-        metavar="URL",
-        help=f"address to listen on (repeatable; default {DEFAULT_LISTEN})",
-    )
-    add_server_args(parser)
-
-
-def python_snippet(args: argparse.Namespace, service: EchoService) -> list[str]:
-    """Three lines of Python (``python -m asyncio``) that talk to the first stream address."""
-    streams = [a for a in service.addresses if not a.is_datagram]
-    if not streams or service.raw:
-        return []
-    url = reachable_address(streams[0])
-    modules, options = "opensocket", [f'"{url}"']
-    codec = "bytes"  # what connect() offers by default
-    if args.codec is not None:  # narrowed: the default codec may be refused
-        codec = service.protocol.codecs[0]
-        options.append(f'codec="{codec}"')
-    if args.secret_env:
-        modules += ", os"
-        options.append(f'secret=os.environ["{args.secret_env}"]')
-    elif args.secret_file:
-        options.append(f'secret=open("{args.secret_file}", "rb").read().strip()')
-    if url.is_tls:
-        ca, cert, key = tls_client_files(args)
-        files = [f'ca_file="{ca}"'] + ([f'cert_file="{cert}"', f'key_file="{key}"'] if cert else [])
-        options.append(f"tls=opensocket.TLSOptions({', '.join(files)})")
-    hello = '"hello"' if codec == "json" else 'b"hello"'  # json has no bytes
-    return [
-        "in Python (python -m asyncio):",
-        f"  >>> import {modules}",
-        f"  >>> conn = await opensocket.connect({', '.join(options)})",
-        f"  >>> await conn.send({hello}); await conn.recv()",
-    ]
+    configure_hub(parser, NAME)
 
 
 def execute(args: argparse.Namespace) -> int:
-    """Run the service until SIGINT/SIGTERM."""
-    urls = args.listen or [DEFAULT_LISTEN]
-    try:
-        return serve_echo(args, urls, title="opensocket service", extra=python_snippet)
-    except AddressInUse as exc:
-        return report_failure(
-            f"opensocket serve: error: {error_text(exc)}",
-            1,
-            json_mode=args.json,
-            hint="  to run another instance, let the system pick a free port:\n"
-            "  opensocket serve --listen tcp://127.0.0.1:0",
-        )
+    """Run the hub until SIGINT/SIGTERM."""
+    return execute_hub(args)

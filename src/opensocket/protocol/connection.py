@@ -469,6 +469,22 @@ class FramedConnection:
         self._out += batch.data
         self.messages_out += batch.count
 
+    def send_data_frames(self, frames: Sequence[bytes]) -> None:
+        """Queue complete DATA frames built once elsewhere (``frame_bytes(FrameType.DATA,
+        payload, checksum=self.checksums)``) for a fan-out to many connections; all or none.
+
+        Raises ConnectionClosed unless open, FrameTooLarge for a payload over the peer's limit.
+        """
+        if self.state is not State.OPEN:
+            raise self.closed_exception()
+        largest = max(map(len, frames)) - HEADER_SIZE if frames else 0
+        if largest > self._peer_max:
+            raise self._too_large(largest)
+        out = self._out
+        for frame in frames:
+            out += frame
+        self.messages_out += len(frames)
+
     @property
     def checksums(self) -> bool:
         """Whether frames on this connection carry checksums (agreed in the handshake)."""
