@@ -38,8 +38,7 @@ def test_echo_serve_prints_how_to_connect_and_stops_on_sigint(spawn: Any, sock_p
     url = found.group(1)
     assert banner[1] == f"  opensocket echo {url}"
     assert (
-        banner[2]
-        == f"echo server listening on unix://{sock_path} (framed: bytes, json, msgpack)"
+        banner[2] == f"echo server listening on unix://{sock_path} (framed: bytes, json, msgpack)"
     )
     assert banner[3] == f"  opensocket echo unix://{sock_path}"
     assert banner[4:] == [

@@ -128,7 +128,17 @@ def test_echo_serve_on_a_busy_port_exits_1(capsys: pytest.CaptureFixture[str]) -
 
 # ---- help texts: pasteable examples, every option explained ---------------------------------
 
-HELP_COMMANDS = [["serve"], ["echo"], ["echo", "serve"], ["connect"], ["listen"], ["cert"]]
+HELP_COMMANDS = [
+    ["serve"],
+    ["echo"],
+    ["echo", "serve"],
+    ["connect"],
+    ["listen"],
+    ["cert"],
+    ["broker"],
+    ["chat"],
+    ["chat", "serve"],
+]
 
 
 def _examples(help_text: str) -> list[str]:
@@ -138,10 +148,15 @@ def _examples(help_text: str) -> list[str]:
 
 
 def _opensocket_words(line: str) -> list[str]:
-    """The words of the opensocket command in an example line (after a pipe, before '<' '>')."""
+    """The words of the opensocket command in an example line (the pipeline's opensocket part,
+    before '<' '>')."""
     words = shlex.split(line, comments=True)
-    if "|" in words:
-        words = words[len(words) - words[::-1].index("|") :]
+    while "|" in words:
+        cut = words.index("|")
+        if words[0] == "opensocket":
+            words = words[:cut]
+            break
+        words = words[cut + 1 :]
     for i, word in enumerate(words):
         if word in ("<", ">"):
             return words[:i]

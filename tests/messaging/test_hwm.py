@@ -81,10 +81,10 @@ def test_receive_side_block_takes_and_reports_full() -> None:
     q: BoundedQueue[int] = BoundedQueue(HighWaterMark(2), receiving=True)
     assert fill(q, 3) == [Outcome.QUEUED] * 3  # already read: never refused
     assert q.full
+    # RAISE on receive: nobody to raise to (the runtime is reading): it behaves as BLOCK
     strict: BoundedQueue[int] = BoundedQueue(HighWaterMark(1, policy=Policy.RAISE), receiving=True)
-    strict.push(1)
-    with pytest.raises(QueueFull, match="receive queue is full"):
-        strict.push(2)
+    assert fill(strict, 2) == [Outcome.QUEUED] * 2
+    assert strict.full and strict.counters.refused == 0
 
 
 def test_push_front_and_clear() -> None:

@@ -36,13 +36,14 @@ from .monitor import (
 from .pair import Pair
 from .pubsub import Publisher, PublisherOptions, Subscriber, SubscriptionIndex
 from .pushpull import Puller, PullOptions, Pusher, PushOptions
-from .reqrep import Replier, Requester, RequesterOptions
+from .reqrep import Balance, Replier, Requester, RequesterOptions
 from .session import ResumeWindow, Session, SessionOptions, SessionState, SessionStore
 
 __all__ = [
     "Acked",
     "Backoff",
     "BackoffOptions",
+    "Balance",
     "BoundedQueue",
     "Bridge",
     "Connected",

@@ -6,7 +6,12 @@ A queue holds at most ``messages`` items (and ``bytes``, when set). What happens
   (waits for room). A receive queue cannot refuse what was already read: it takes the item and
   reports ``full`` so the runtime stops reading from that peer until it drains.
 - DROP_NEWEST: the new item is dropped; DROP_OLDEST: the oldest queued item is dropped.
-- RAISE: ``push`` raises QueueFull and queues nothing.
+- RAISE: ``push`` raises QueueFull and queues nothing. A receive queue has no caller to raise
+  to: under RAISE it behaves as under BLOCK.
+
+A full receive queue asks the runtime to stop reading from its peer (``FairQueue.paused``)
+under BLOCK and RAISE only: under the drop policies the runtime keeps reading, so the drops
+happen in the queue and are counted.
 
 Counters keep ``offered == accepted + dropped_newest + refused + blocked`` and
 ``accepted == taken + dropped_oldest + len(queue) + removed``. Drops are reported as
@@ -37,6 +42,9 @@ class Policy(Enum):
     DROP_NEWEST = "drop-newest"
     DROP_OLDEST = "drop-oldest"
     RAISE = "raise"
+
+
+_DROPPING = frozenset({Policy.DROP_NEWEST, Policy.DROP_OLDEST})
 
 
 class Outcome(Enum):
@@ -123,6 +131,8 @@ class BoundedQueue(Generic[T]):
         outcome = Outcome.QUEUED
         if not self._fits(size):
             policy = self.hwm.policy
+            if policy is Policy.RAISE and self.receiving:
+                policy = Policy.BLOCK  # what was read cannot be refused: stop reading instead
             if policy is Policy.BLOCK and not self.receiving:
                 counters.blocked += 1
                 return Outcome.WOULD_BLOCK
@@ -271,6 +281,17 @@ class FairQueue(Generic[P, T]):
         if was_empty and items:
             self._ready.append(peer)
         return True
+
+    def paused(self) -> set[P]:
+        """Peers whose full queue asks the runtime to stop reading from them (BLOCK, RAISE).
+
+        Under a drop policy the runtime keeps reading so the drops happen here, counted: a
+        paused reader would only defer them into the kernel buffer, and DROP_OLDEST would
+        then deliver the stale data the kernel held instead of the newest.
+        """
+        if self.hwm.policy in _DROPPING:
+            return set()
+        return {peer for peer, q in self.queues.items() if q.full}
 
     def take(self, limit: int | None = None) -> list[tuple[P, T]]:
         """Up to ``limit`` items, one peer at a time in turn."""

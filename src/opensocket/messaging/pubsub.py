@@ -354,8 +354,9 @@ class Subscriber(PatternCore):
 
     @property
     def paused(self) -> set[int]:
-        """Publishers whose inbox is full: the runtime stops reading from them for now."""
-        return {peer for peer, q in self.inbox.queues.items() if q.full}
+        """Publishers whose inbox is full under BLOCK (or RAISE): the runtime stops reading from
+        them for now (under the drop policies it keeps reading; the inbox drops and counts)."""
+        return self.inbox.paused()
 
     def take(self, limit: int | None = None) -> list[tuple[int, Envelope]]:
         """Received messages, fair-queued over the publishers."""

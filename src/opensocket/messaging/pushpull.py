@@ -374,8 +374,9 @@ class Puller(PatternCore):
 
     @property
     def paused(self) -> set[int]:
-        """Pushers whose inbox is full: the runtime stops reading from them for now."""
-        return {peer for peer, q in self.inbox.queues.items() if q.full}
+        """Pushers whose inbox is full under BLOCK (or RAISE): the runtime stops reading from
+        them for now (under the drop policies it keeps reading; the inbox drops and counts)."""
+        return self.inbox.paused()
 
     def events(self) -> list[Event]:
         """Events, including the inbox's drop reports."""

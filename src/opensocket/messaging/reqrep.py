@@ -1,7 +1,9 @@
 """Request/reply, sans I/O: correlation ids, many outstanding requests, deadlines, retries.
 
 The requester numbers each request (the correlation id) and sends it to the next connected
-replier in turn; any number may be outstanding. A request ends exactly once, with a
+replier in turn (``balance="round-robin"``), or to the one with the fewest outstanding
+requests, ties in turn (``balance="least-loaded"``: a slow replier gets less); any number may
+be outstanding. A request ends exactly once, with a
 ``ReplyReceived`` or a ``RequestFailed`` event:
 
 - its deadline passes (``get_timer``/``handle_timer``): RequestFailed(RequestTimeout);
@@ -20,6 +22,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from ..errors import ConfigError, QueueFull, RequestAborted, RequestTimeout
 from ._base import PatternCore
@@ -27,7 +30,9 @@ from .envelope import Envelope, Kind, MetaFlags
 from .events import ReplyReceived, RequestFailed, RequestReceived
 from .hwm import HighWaterMark, Outcome, Policy
 
-__all__ = ["Replier", "Requester", "RequesterOptions"]
+__all__ = ["Balance", "Replier", "Requester", "RequesterOptions"]
+
+Balance = Literal["round-robin", "least-loaded"]
 
 _RETRYABLE = int(MetaFlags.RETRYABLE)
 _ERROR = int(MetaFlags.ERROR)  # a plain int: IntFlag arithmetic is slow on every reply
@@ -35,14 +40,19 @@ _ERROR = int(MetaFlags.ERROR)  # a plain int: IntFlag arithmetic is slow on ever
 
 @dataclass(frozen=True, slots=True)
 class RequesterOptions:
-    """Default deadline (None: none) and per-peer send queue mark."""
+    """Default deadline (None: none), per-peer send queue mark, and how repliers are chosen."""
 
     timeout: float | None = None
     hwm: HighWaterMark = field(default_factory=HighWaterMark)
+    balance: Balance = "round-robin"
 
     def __post_init__(self) -> None:
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"a request timeout must be > 0 seconds or None, not {self.timeout}")
+        if self.balance not in get_args(Balance):
+            raise ConfigError(
+                f"unknown balance {self.balance!r}: use 'round-robin' or 'least-loaded'"
+            )
 
 
 @dataclass(slots=True)
@@ -65,6 +75,7 @@ class Requester(PatternCore):
         self.options = opts = options or RequesterOptions()
         super().__init__(opts.hwm)
         self.pending: dict[int, _Pending] = {}
+        self.load: dict[int, int] = {}  # peer -> its requests queued or sent, not yet ended
         self.late_replies = 0
         self.cancelled = 0
         self._cancelled: dict[int, int] = {}  # id -> peer: handed over, a reply may still come
@@ -118,9 +129,10 @@ class Requester(PatternCore):
         env = Envelope(Kind.REQUEST, pending.payload, pending.id, None, flags)
         pending.peer = peer
         pending.handed = False
+        self.load[peer] += 1
         outcome = self._queue(peer, env)
         if outcome is Outcome.WOULD_BLOCK:
-            pending.peer = None
+            self._release(pending)
             self._unsent.append(pending.id)
         elif outcome is Outcome.DROPPED_NEWEST:
             self._fail(pending.id, QueueFull(f"request {pending.id} dropped: send queue full"))
@@ -129,8 +141,18 @@ class Requester(PatternCore):
                 assert old.id is not None
                 self._fail(old.id, QueueFull(f"request {old.id} dropped: send queue full"))
 
+    def _release(self, pending: _Pending) -> None:
+        """``pending`` no longer counts against its peer's load."""
+        peer = pending.peer
+        if peer is not None:
+            pending.peer = None
+            if peer in self.load:
+                self.load[peer] -= 1
+
     def _pick(self) -> int | None:
         """The next peer in turn, preferring one with room in its queue."""
+        if self.options.balance == "least-loaded":
+            return self._pick_least_loaded()
         order = self._order
         for _ in range(len(order)):
             order.rotate(-1)
@@ -140,14 +162,32 @@ class Requester(PatternCore):
             return order[-1]  # every queue is full: the policy decides
         return None
 
+    def _pick_least_loaded(self) -> int | None:
+        """The peer with the fewest outstanding requests, preferring one with room in its
+        queue; ties go in turn (the scan starts after the last one picked)."""
+        order, peers, load = self._order, self.peers, self.load
+        best, best_at = None, -1
+        for at, peer in enumerate(order):
+            if not peers[peer].queue.full and (best is None or load[peer] < load[best]):
+                best, best_at = peer, at
+        if best is None:
+            if not order or self.hwm.policy is Policy.BLOCK:
+                return None
+            best_at, best = min(enumerate(order), key=lambda item: load[item[1]])
+        order.rotate(-(best_at + 1))  # the picked peer goes last: ties start after it
+        return best
+
     def _fail(self, rid: int, error: QueueFull | RequestAborted | RequestTimeout) -> None:
-        if self.pending.pop(rid, None) is not None:
+        pending = self.pending.pop(rid, None)
+        if pending is not None:
+            self._release(pending)
             self._events.append(RequestFailed(rid, error))
 
     def peer_up(self, peer: int, now: float) -> None:
         """A replier connected: send what was waiting for one."""
         super().peer_up(peer, now)
         self._order.append(peer)
+        self.load[peer] = 0
         self._flush_unsent()
 
     def _flush_unsent(self) -> None:
@@ -166,6 +206,7 @@ class Requester(PatternCore):
         queued = super().peer_down(peer, now)
         if peer in self._order:
             self._order.remove(peer)
+        self.load.pop(peer, None)  # what it held is moved or failed below
         if self._cancelled:  # their replies can no longer come
             self._cancelled = {r: p for r, p in self._cancelled.items() if p != peer}
         for env in queued:  # never handed to the transport: not a retry
@@ -211,6 +252,7 @@ class Requester(PatternCore):
         self.cancelled += 1
         if pending.handed and pending.peer is not None:
             self._cancelled[rid] = pending.peer
+        self._release(pending)
         return True  # still queued: frames_to_send leaves it out
 
     def _on_reply(self, peer: int, env: Envelope, now: float) -> None:
@@ -223,6 +265,7 @@ class Requester(PatternCore):
             self.late_replies += 1
             self._discard("late-reply", peer, way="in")
             return
+        self._release(pending)
         error = bool(env.flags & _ERROR)
         self._events.append(ReplyReceived(env.id, env.payload, error))
 

@@ -1,8 +1,9 @@
 """A broker joining a front end and a back end: request/reply or publish/subscribe.
 
 Request/reply: requesters connect to the front (a replier side); workers (repliers) connect
-to the back (a requester side), which spreads requests over them round-robin and routes each
-reply back to its requester by correlation id. A worker that dies holding requests: the
+to the back (a requester side), which gives each request to the worker with the fewest
+outstanding requests (ties in turn; ``balance="round-robin"``: strictly in turn) and routes
+each reply back to its requester by correlation id. A worker that dies holding requests: the
 retryable ones go to another worker, the others fail with an error reply.
 
 Publish/subscribe: publishers connect to the front (a subscriber side); subscribers connect to
@@ -15,13 +16,16 @@ Payloads pass through untouched (bytes), so endpoints may use any codec.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
 from ...errors import ConfigError, OpenSocketError, ReadTimeout, ReplyError
 from ...messaging import (
+    Balance,
     Envelope,
     Event,
     HighWaterMark,
@@ -33,6 +37,7 @@ from ...messaging import (
     RequesterOptions,
     RequestReceived,
 )
+from ...options import TLSOptions
 from ._patterns import PublisherSocket, ReplierSocket, Request, RequesterSocket, SubscriberSocket
 from ._socket import Socket
 
@@ -40,6 +45,7 @@ __all__ = ["Broker", "BrokerMode"]
 
 log = logging.getLogger("opensocket.messaging")
 BrokerMode = Literal["reqrep", "pubsub"]
+TLSArg = TLSOptions | ssl.SSLContext | None
 _RETRYABLE = int(MetaFlags.RETRYABLE)
 RESEND_ATTEMPTS = 20  # SUBSCRIBE resends to an unconfirming publisher (backoff to 1 s)
 
@@ -188,8 +194,11 @@ class _FrontSubscriber(SubscriberSocket):
 class Broker:
     """Joins a front end and a back end (``mode`` "reqrep" or "pubsub"); see the module doc.
 
-    Keyword arguments other than the ones named go to both sockets (``sessions=``,
-    ``backoff=``, ``options=``, ``limits=``, ``tls=``, ``secret=``, ``on_event=``).
+    ``balance`` chooses the worker of each request ("least-loaded", the default, or
+    "round-robin"; it overrides ``requester.balance``). ``tls`` serves both ends over TLS;
+    ``front_tls``/``back_tls`` set one end each instead (an end without TLS: None). Keyword
+    arguments other than the ones named go to both sockets (``sessions=``, ``backoff=``,
+    ``options=``, ``protocol=``, ``limits=``, ``secret=``, ``on_event=``).
     """
 
     def __init__(
@@ -200,8 +209,12 @@ class Broker:
         concurrency: int = 10_000,
         resend: float = 0.05,
         hwm: HighWaterMark | None = None,
+        balance: Balance = "least-loaded",
         requester: RequesterOptions | None = None,
         publisher: PublisherOptions | None = None,
+        tls: TLSArg = None,
+        front_tls: TLSArg | Literal["same"] = "same",
+        back_tls: TLSArg | Literal["same"] = "same",
         **kwargs: Any,
     ) -> None:
         if mode not in ("reqrep", "pubsub"):
@@ -216,12 +229,15 @@ class Broker:
         self.back: Socket
         self._task: asyncio.Task[None] | None = None
         self._sync_pending = False
+        front_kw = {**kwargs, "tls": tls if front_tls == "same" else front_tls}
+        back_kw = {**kwargs, "tls": tls if back_tls == "same" else back_tls}
         if mode == "reqrep":
-            self.front = _FrontSocket(self._forward, hwm=hwm, concurrency=concurrency, **kwargs)
-            self.back = RequesterSocket(requester, **kwargs)
+            self.front = _FrontSocket(self._forward, hwm=hwm, concurrency=concurrency, **front_kw)
+            requester = dataclasses.replace(requester or RequesterOptions(), balance=balance)
+            self.back = RequesterSocket(requester, **back_kw)
         else:
-            self.front = _FrontSubscriber(hwm, resend, **kwargs)
-            self.back = _BackSocket(publisher, self._subscriptions_changed, **kwargs)
+            self.front = _FrontSubscriber(hwm, resend, **front_kw)
+            self.back = _BackSocket(publisher, self._subscriptions_changed, **back_kw)
 
     async def bind(self, front: str, back: str) -> tuple[str, str]:
         """Listen on both ends; returns the bound addresses (real ports for port 0)."""

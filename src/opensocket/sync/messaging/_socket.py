@@ -37,7 +37,6 @@ from ...messaging import (
     Event,
     HandshakeFailed,
     MessageDropped,
-    Policy,
     Reconnecting,
     SessionLost,
     SessionOptions,
@@ -108,6 +107,7 @@ class Socket:
         self._backoff = backoff or BackoffOptions()
         self._options = options or SocketOptions()
         self._protocol = dataclasses.replace(protocol or ProtocolOptions(), pattern=self.pattern)
+        core.max_size = self._protocol.max_frame_size  # with sessions, also the peers' limits
         self._limits = limits or ServerLimits(workers=SERVER_WORKERS)
         self._tls = tls
         self._secret = secret
@@ -261,6 +261,7 @@ class Socket:
                 return
             link = _Link(next(self._link_ids), conn, flink, threading.Condition(self._lock))
             link.endpoint = endpoint
+            self._fit_peer_limit(flink)
             # frames the peer sent right after the handshake are already in the inbox
             queued = flink.set_receiver(lambda items: self._receive(link, items))
             early = [f for f in queued if type(f) is Frame]
@@ -277,6 +278,15 @@ class Socket:
             if early:
                 self._feed(link, early)
             self._pump()
+
+    def _fit_peer_limit(self, flink: FramedLink) -> None:
+        """With sessions, lower the send-time size limit to this peer's frame limit."""
+        agreement = flink.core.agreement
+        if agreement is not None and self.core.max_size is not None and self.bridge.options:
+            # A session would replay a message its peer refuses after every reconnection:
+            # with sessions, what is sent must fit every peer's limit. Without, a link that
+            # cannot take a message drops it (counted) and the others still get it.
+            self.core.max_size = min(self.core.max_size, agreement.peer_max_frame_size)
 
     def _receive(self, link: _Link, items: list[bytes | Frame]) -> None:
         """Frames from the link's reader thread (replaces FramedLink._deliver)."""
@@ -400,11 +410,8 @@ class Socket:
         link.wake.notify()
 
     def _paused_peers(self) -> set[int]:
-        """Peers whose inbox is full under the BLOCK policy (the core reports full inboxes
-        under the drop policies too: those keep reading, so drops happen and are counted)."""
-        inbox = getattr(self.core, "inbox", None)
-        if inbox is None or inbox.hwm.policy is not Policy.BLOCK:
-            return set()
+        """Peers whose inbox is full under BLOCK (the core's ``paused``; patterns without an
+        inbox have none)."""
         paused: set[int] = getattr(self.core, "paused", set())
         return paused
 
