@@ -133,3 +133,32 @@ async def test_send_frames_framed_once_for_many(checksum: str) -> None:
         await conns[0].wait_closed()
         with pytest.raises(ConnectionClosed):
             conns[0].send_frames([b""])
+
+
+async def test_send_frames_without_flush_waits_for_flush_and_is_open_tells_the_state() -> None:
+    ready = asyncio.Event()
+    conns: list[opensocket.Connection] = []
+
+    async def handler(conn: opensocket.Connection) -> None:
+        conns.append(conn)
+        ready.set()
+        await conn.wait_closed()
+
+    protocol = ProtocolOptions(codecs=("json",))
+    async with await opensocket.serve("tcp://127.0.0.1:0", handler, protocol=protocol) as server:
+        client = await opensocket.connect(server.url, codec="json")
+        async with asyncio.timeout(WAIT):
+            await ready.wait()
+        conn = conns[0]
+        assert conn.is_open
+        frame = frame_bytes(FrameType.DATA, b'{"n":1}', checksum=conn.checksum)
+        conn.send_frames([frame], flush=False)
+        for _ in range(3):  # loop iterations pass: nothing was written
+            await asyncio.sleep(0)
+        with pytest.raises(opensocket.errors.ReadTimeout):
+            await client.recv(timeout=0.2)
+        conn.flush()
+        assert await client.recv(timeout=WAIT) == {"n": 1}
+        await client.close()
+        await conn.wait_closed()
+        assert not conn.is_open

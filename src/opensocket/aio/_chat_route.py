@@ -7,6 +7,7 @@ falls too far behind is reported to the router (``slow``) instead of slowing any
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Final
 
 from ..chat.flow import ClientQueue
@@ -15,7 +16,7 @@ from ..chat.outgoing import Payload
 if TYPE_CHECKING:
     from .chat_server import ChatServer
 
-__all__ = ["TRANSPORT_HIGH", "WRITE_CHUNK", "RoutedClient"]
+__all__ = ["TRANSPORT_HIGH", "WRITE_CHUNK", "Coalescer", "RoutedClient"]
 
 WRITE_CHUNK: Final = 64 * 1024
 TRANSPORT_HIGH: Final = 64 * 1024  # bytes a transport holds before the client's queue fills
@@ -38,6 +39,10 @@ class RoutedClient:
 
     def paused(self) -> bool:
         """True while the transport's buffer is over its high-water mark."""
+        raise NotImplementedError
+
+    def send_pending(self) -> None:
+        """Write what ``write`` queued during this loop iteration (``Coalescer`` calls it)."""
         raise NotImplementedError
 
     def write(self, chunks: list[bytes]) -> None:
@@ -67,3 +72,24 @@ class RoutedClient:
         queue = self.queue
         while len(queue) and not self.paused() and not self.closing:
             self.write(queue.pop(WRITE_CHUNK))
+
+
+class Coalescer:
+    """The clients written to in this loop iteration: each one's frames leave in one write at
+    its end (one callback per iteration for all of them, not a write per event per client)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.clients: list[RoutedClient] = []
+
+    def add(self, client: RoutedClient) -> None:
+        """``client`` has pending frames (called once per client per iteration)."""
+        if not self.clients:
+            self.loop.call_soon(self.flush)
+        self.clients.append(client)
+
+    def flush(self) -> None:
+        """Write every pending client's frames."""
+        clients, self.clients = self.clients, []
+        for client in clients:
+            client.send_pending()

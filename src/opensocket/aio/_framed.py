@@ -497,17 +497,29 @@ class Connection(ConnectionBase):
         self._core.send_many(payloads)
         self._proto.schedule_flush()
 
-    def send_frames(self, frames: list[bytes] | tuple[bytes, ...]) -> None:
+    def send_frames(self, frames: list[bytes] | tuple[bytes, ...], *, flush: bool = True) -> None:
         """Queue complete DATA frames, without waiting: the fan-out path of a server that
         frames an event once (``protocol.frame.frame_bytes(FrameType.DATA, payload,
         checksum=conn.checksum)``) and sends it to many connections.
 
         Each frame must match this link's ``checksum`` setting (the peer rejects one that does
         not). Raises ConnectionClosed once the connection is closing, FrameTooLarge (nothing
-        queued) for a payload over the peer's frame size limit.
+        queued) for a payload over the peer's frame size limit. With ``flush=False`` nothing
+        is written until ``flush()``: a server touching many connections in one loop
+        iteration writes each once, at the end.
         """
         self._core.send_data_frames(frames)
-        self._proto.schedule_flush()
+        if flush:
+            self._proto.schedule_flush()
+
+    def flush(self) -> None:
+        """Hand everything queued to the transport now."""
+        self._proto.flush()
+
+    @property
+    def is_open(self) -> bool:
+        """True while messages can be sent (handshake done, no close started by either side)."""
+        return self._core.state is State.OPEN
 
     @property
     def checksum(self) -> bool:

@@ -32,14 +32,14 @@ from ..chat.hub import Hub
 from ..chat.options import ChatOptions
 from ..chat.outgoing import Close, Deliver, Outgoing, Payload
 from ..chat.redis_backplane import RedisBackplane, RedisTarget, parse_redis_url
-from ..errors import CloseCode, ConfigError, ConnectionClosed, OpenSocketError
+from ..errors import CloseCode, ConfigError, OpenSocketError
 from ..http.server import http_address
 from ..options import ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
 from ..protocol.frame import FrameType, frame_bytes
 from ._accept import Acceptor
-from ._chat_route import TRANSPORT_HIGH, RoutedClient
+from ._chat_route import TRANSPORT_HIGH, Coalescer, RoutedClient
 from ._framed import Connection
-from .chat_web import HTTP_IDLE, Coalescer, Pinger, WebListener, WebProtocol, WsClient
+from .chat_web import HTTP_IDLE, Pinger, WebListener, WebProtocol, WsClient
 from .server import Server
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def _frame_plain(data: bytes) -> bytes:
 
 
 class _NativeClient(RoutedClient):
-    __slots__ = ("conn", "framer", "memo_key")
+    __slots__ = ("conn", "framer", "memo_key", "pending")
 
     def __init__(self, server: ChatServer, cid: int, conn: Connection) -> None:
         super().__init__(server, cid)
@@ -74,6 +74,7 @@ class _NativeClient(RoutedClient):
         # The ClientQueue is the bound: keep the transport's own buffer small (the framed
         # server's default is sized for bulk transfers, not for chat fan-out).
         conn.set_write_buffer_limits(high=TRANSPORT_HIGH)
+        self.pending = False  # frames queued in the connection, written at the iteration's end
 
     def frame(self, payload: Payload) -> bytes:
         return payload.memo(self.memo_key, self.framer)  # DATA frame of the event's JSON
@@ -83,14 +84,23 @@ class _NativeClient(RoutedClient):
 
     def write(self, chunks: list[bytes]) -> None:
         conn = self.conn
+        if not conn.is_open:
+            return  # the connection is ending (no exception per event); its disconnect follows
         try:
-            conn.send_frames(chunks)
-        except ConnectionClosed:
-            return  # the connection is ending; its disconnect follows
+            conn.send_frames(chunks, flush=False)
         except OpenSocketError as exc:  # e.g. an event over the peer's frame size limit
             log.warning("client %s cannot take an event, closing: %s", self.cid, exc)
             self.close(CloseCode.INTERNAL_ERROR, "the hub could not send an event")
             return
+        if not self.pending:
+            self.pending = True
+            self.server.output.add(self)
+
+    def send_pending(self) -> None:
+        """Write what this loop iteration queued, in one write."""
+        self.pending = False
+        conn = self.conn
+        conn.flush()
         if not conn.writable:
             self.server.backlogged(self)
 
@@ -133,7 +143,7 @@ class ChatServer:
         self._web_listeners: list[WebListener] = []
         self.web_conns: set[WebProtocol] = set()
         self._pinger = None if ws_ping is None else Pinger(self, ws_ping, ws_ping_timeout)
-        self.ws_output = Coalescer(self.loop)
+        self.output = Coalescer(self.loop)
         self._ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None

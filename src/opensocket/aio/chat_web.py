@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HTTP_IDLE",
-    "Coalescer",
     "Pinger",
     "WebListener",
     "WebProtocol",
@@ -298,7 +297,7 @@ class WsClient(RoutedClient):
         pending = self.pending
         if pending is None:
             self.pending = list(chunks)
-            self.server.ws_output.add(self)
+            self.server.output.add(self)
         else:
             pending.extend(chunks)
 
@@ -339,27 +338,6 @@ class WsClient(RoutedClient):
         if self.ping_sent is None:
             self.ping_sent = now
         self.write([ws.send(Ping(b"hub"))])
-
-
-class Coalescer:
-    """The WebSocket clients written to in this loop iteration: their frames leave together
-    at its end (one callback per iteration for all of them, not one per client)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.clients: list[WsClient] = []
-
-    def add(self, client: WsClient) -> None:
-        """``client`` has pending frames (called once per client per iteration)."""
-        if not self.clients:
-            self.loop.call_soon(self.flush)
-        self.clients.append(client)
-
-    def flush(self) -> None:
-        """Write every pending client's frames."""
-        clients, self.clients = self.clients, []
-        for client in clients:
-            client.send_pending()
 
 
 class Pinger:
