@@ -167,8 +167,11 @@ def _nginx(tmp: Path, www: Path, port: int, tls: bool) -> list[str]:
     return ["nginx", "-p", str(tmp), "-c", str(conf)]
 
 
-OPENSOCKET = ServerSpec("opensocket", "opensocket http serve (asyncio)", _opensocket_cli)
-OPENSOCKET_UV = ServerSpec("opensocket-uvloop", "opensocket (uvloop)", _opensocket_runner("uvloop"))
+# the CLI runs on uvloop by default (``--no-uvloop`` opts out), so its row is the uvloop one
+OPENSOCKET = ServerSpec("opensocket", "opensocket http serve (uvloop)", _opensocket_cli)
+OPENSOCKET_ASYNCIO = ServerSpec(
+    "opensocket-asyncio", "opensocket (asyncio loop)", _opensocket_runner("asyncio")
+)
 OPENSOCKET_SENDFILE = ServerSpec(
     "opensocket-sendfile",
     "opensocket, sendfile (asyncio)",

@@ -3,9 +3,9 @@
     python bench/_http_serve.py DIR URL [--loop asyncio|uvloop] [--sendfile]
         [--tls-cert FILE --tls-key FILE]
 
-``opensocket http serve`` always runs on the default asyncio loop and has no switch for the
-plain-connection body path; this runner exposes both so the benchmark can compare them. It
-serves until SIGTERM/SIGINT, with the access log off (as ``--quiet``).
+``opensocket http serve`` runs on uvloop (``--no-uvloop``: asyncio's loop) and has no switch
+for the plain-connection body path; this runner exposes both so the benchmark can compare
+them. It serves until SIGTERM/SIGINT, with the access log off (as ``--quiet``).
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@
 
 On 127.0.0.1, in one run: ``wrk -t1 -c32 -d5s --latency`` on a 1 KiB file (requests/s, p50
 and p99) over HTTP and HTTPS, and the MB/s of ``curl`` downloading a 100 MiB file, plain and
-TLS, from each server; opensocket also with sendfile instead of 1 MiB writes. The server gets
-one CPU and the client the other. nginx runs with one worker on a temporary config; every
-server is ended by its PID, every client run is bounded in time.
+TLS, from each server. opensocket runs as the CLI (``opensocket http serve --quiet``, on
+uvloop, its default) and through bench/_http_serve.py on asyncio's own loop, and with
+sendfile instead of 1 MiB writes. The server gets one CPU and the client the other. nginx
+runs with one worker on a temporary config; every server is ended by its PID, every client
+run is bounded in time.
 """
 
 from __future__ import annotations
@@ -33,9 +35,15 @@ from _harness import BenchError, wait_quiet
 from _harness import _busy_seconds as busy_seconds
 from _report import Verdict, _md_table, fmt_num, fmt_ratio, machine, verdict_table
 
-SMALL_SERVERS = (hp.OPENSOCKET, hp.OPENSOCKET_UV, hp.PYTHON_HTTP, hp.NGINX)
-BIG_SERVERS = (hp.OPENSOCKET, hp.OPENSOCKET_UV, hp.OPENSOCKET_SENDFILE, hp.PYTHON_HTTP, hp.NGINX)
-OURS = (hp.OPENSOCKET, hp.OPENSOCKET_UV)
+SMALL_SERVERS = (hp.OPENSOCKET, hp.OPENSOCKET_ASYNCIO, hp.PYTHON_HTTP, hp.NGINX)
+BIG_SERVERS = (
+    hp.OPENSOCKET,
+    hp.OPENSOCKET_ASYNCIO,
+    hp.OPENSOCKET_SENDFILE,
+    hp.PYTHON_HTTP,
+    hp.NGINX,
+)
+OURS = (hp.OPENSOCKET, hp.OPENSOCKET_ASYNCIO)
 RETRIES = 2  # extra wrk runs while other processes load the machine (the best run is kept)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging
 
-from opensocket.http.access import AccessRecord, format_access
+from opensocket.http.access import AccessRecord, BufferedLineHandler, format_access
 from opensocket.http.files import https_redirect
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -47,3 +50,44 @@ def test_https_redirect() -> None:
     assert location("[::1]:80", "/x", 8443) == "https://[::1]:8443/x"
     assert https_redirect("", "/", 443).status == 400
     assert https_redirect("evil.com/x", "/", 443).status == 400
+
+
+class CountingStream(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def _logger(handler: logging.Handler) -> logging.Logger:
+    log = logging.getLogger(f"opensocket.test.access.{id(handler)}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    return log
+
+
+def test_buffered_handler_flushes_at_once_outside_a_loop() -> None:
+    stream = CountingStream()
+    _logger(BufferedLineHandler(stream)).info("one")
+    assert (stream.getvalue(), stream.flushes) == ("one\n", 1)
+
+
+async def test_buffered_handler_flushes_once_for_many_lines_in_a_loop() -> None:
+    stream = CountingStream()
+    handler = BufferedLineHandler(stream)
+    log = _logger(handler)
+    for i in range(100):
+        log.info("line %d", i)
+    assert stream.flushes == 0  # written to the stream's buffer, not flushed per line
+    assert stream.getvalue().count("\n") == 100
+    for _ in range(300):  # 3 s at most; the handler flushes FLUSH_DELAY after the first line
+        if stream.flushes:
+            break
+        await asyncio.sleep(0.01)
+    assert stream.flushes == 1
+    log.info("later")
+    handler.close()
+    assert stream.flushes >= 2 and stream.getvalue().endswith("later\n")
+    log.removeHandler(handler)

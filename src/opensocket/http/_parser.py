@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import httptools
 
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS")}
+
 
 class ParseError(Exception):
     """A request the server answers with ``status`` and then closes the connection."""
@@ -44,7 +46,6 @@ class RequestParser:
     """
 
     __slots__ = (
-        "_current",
         "_head_bytes",
         "_head_size",
         "_header_count",
@@ -54,6 +55,7 @@ class RequestParser:
         "_max_target",
         "_parser",
         "_url",
+        "current",
         "done",
         "error",
         "in_head",
@@ -70,32 +72,26 @@ class RequestParser:
         self._header_count = 0
         self._head_size = 0
         self._head_bytes = 0
-        self._current: Request | None = None
+        self.current: Request | None = None  # the request whose body is being read
         self.in_head = False
         self.error: ParseError | None = None
         self.done = False  # no more input is parsed: after an error or a protocol upgrade
         self.requests: deque[Request] = deque()
 
-    @property
-    def current(self) -> Request | None:
-        """The request whose body is being read, if any."""
-        return self._current
-
     def feed(self, data: bytes) -> None:
         """Parse ``data``; whole heads go to ``requests``, a failure to ``error``."""
         if self.done:
             return
-        fresh = not self.in_head and self._current is None
-        if self.in_head or fresh:
+        if self.in_head or self.current is None:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # an Upgrade or CONNECT request: answered as a plain one, then the connection ends
-            if self._current is not None:
-                self._current.keep_alive = False
-                self._current.complete = True
-                self._current = None
+            if self.current is not None:
+                self.current.keep_alive = False
+                self.current.complete = True
+                self.current = None
             self.done = True
         except httptools.HttpParserError as exc:
             cause = exc.__context__
@@ -103,13 +99,15 @@ class RequestParser:
                 cause if isinstance(cause, ParseError) else ParseError(400, "malformed request")
             )
         else:
-            if self.in_head and self._head_bytes > self._max_head:
+            if not self.in_head:
+                return
+            if self._head_bytes > self._max_head:
                 self.error = self._too_big()
         if self.error is not None:
             self.done = True
-            if self._current is not None:
-                self._current.error = self.error
-                self._current = None
+            if self.current is not None:
+                self.current.error = self.error
+                self.current = None
 
     def _too_big(self) -> ParseError:
         if self._header_count == 0 and len(self._url) >= self._max_target:
@@ -145,8 +143,9 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         parser = self._parser
         version = parser.get_http_version()
+        method = parser.get_method()
         request = Request(
-            parser.get_method().decode("latin-1"),
+            _METHODS.get(method) or method.decode("latin-1"),
             self._url.decode("latin-1"),
             version,
             self._headers,
@@ -154,15 +153,15 @@ class RequestParser:
         )
         self.in_head = False
         self._head_bytes = 0
-        self._current = request
+        self.current = request
         self.requests.append(request)
 
     def on_body(self, body: bytes) -> None:
-        if self._current is not None:
-            self._current.body_size += len(body)
+        if self.current is not None:
+            self.current.body_size += len(body)
 
     def on_message_complete(self) -> None:
-        if self._current is not None:
-            self._current.complete = True
-            self._current = None
+        if self.current is not None:
+            self.current.complete = True
+            self.current = None
         self._head_bytes = 0

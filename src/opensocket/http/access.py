@@ -1,15 +1,23 @@
-"""Access-log lines: common and combined log format (as Apache and nginx write them), or JSON."""
+"""Access-log lines: common and combined log format (as Apache and nginx write them), or JSON,
+and a handler that writes them without a flush per line."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import logging
+import re
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TextIO
 
-__all__ = ["LOG_FORMATS", "AccessRecord", "format_access"]
+__all__ = ["LOG_FORMATS", "AccessRecord", "BufferedLineHandler", "format_access"]
 
 LOG_FORMATS: Final = ("common", "combined", "json")
+FLUSH_DELAY: Final = 0.5  # seconds a line may wait in the buffer before it is written out
+# what a quoted log field must not carry raw: controls, DEL, the quote and the escape
+_UNSAFE: Final = re.compile(r'[\x00-\x1f\x7f"\\]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,21 +34,64 @@ class AccessRecord:
     agent: str = ""
 
 
+def _escape(found: re.Match[str]) -> str:
+    char = found[0]
+    return "\\" + char if char in '"\\' else f"\\x{ord(char):02x}"
+
+
 def _quoted(text: str) -> str:
     # a log line must stay one line that a log parser can split: escape quotes and controls
-    out = text.replace("\\", "\\\\").replace('"', '\\"')
-    return "".join(c if " " <= c != "\x7f" else f"\\x{ord(c):02x}" for c in out)
+    return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
+
+
+@functools.lru_cache(maxsize=4)
+def _stamp(second: int, fmt: str) -> str:
+    return time.strftime(fmt, time.gmtime(second))
 
 
 def format_access(record: AccessRecord, fmt: str, now: float) -> str:
     """The log line of ``record`` in ``fmt`` (one of LOG_FORMATS) at time ``now``."""
     if fmt == "json":
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        stamp = _stamp(int(now), "%Y-%m-%dT%H:%M:%SZ")
         fields = {"time": stamp, **{k: getattr(record, k) for k in record.__slots__}}
         return json.dumps(fields, ensure_ascii=False)
-    stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now))
+    stamp = _stamp(int(now), "%d/%b/%Y:%H:%M:%S +0000")
     line = f"{record.method} {record.target} HTTP/{record.version}" if record.method else "-"
     text = f'{record.client} - - [{stamp}] "{_quoted(line)}" {record.status} {record.size or "-"}'
     if fmt == "combined":
         text += f' "{_quoted(record.referer or "-")}" "{_quoted(record.agent or "-")}"'
     return text
+
+
+class BufferedLineHandler(logging.StreamHandler[TextIO]):
+    """A StreamHandler that does not flush after every line: inside an event loop it flushes
+    FLUSH_DELAY seconds after the first line it buffered (one write for many requests);
+    outside one, and on ``close``, at once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+            return
+        if self._pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._pending = True
+        loop.call_later(FLUSH_DELAY, self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._pending = False
+        self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()

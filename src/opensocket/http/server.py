@@ -5,6 +5,11 @@ count, time to arrive), a bounded request body, streamed file bodies, admission 
 TLS from the rest of opensocket, graceful close, and one access-log line per response in
 common log format on the ``opensocket.http.access`` logger. Admission runs on the plain
 accepted socket, before any TLS handshake: a refused HTTPS client is closed at no TLS cost.
+
+Each admitted connection starts on ``_fast.FastProtocol``, which answers whatever is ready at
+once (small files from a whole-response cache, errors, listings) inside ``data_received``;
+the first request that has to wait (a body still arriving, a large file, a split head) hands
+the connection to a ``_Session`` task on stream reader and writer, which serves it from then on.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import math
 import os
 import socket
 import ssl
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,8 +35,16 @@ from ..aio._accept import Acceptor, Early, detach_socket, screen
 from ..errors import AddressError, ConfigError, TLSError, TLSHandshakeError
 from ..options import ServerLimits, SocketOptions, TLSOptions
 from ..stats import ServerStats
+from ._fast import (
+    CLOSE_AFTER,
+    LINGER_TIME,
+    FastProtocol,
+    ResponseCache,
+    log_access,
+    response_headers,
+)
 from ._parser import Request, RequestParser
-from .access import LOG_FORMATS, AccessRecord, format_access
+from .access import LOG_FORMATS
 from .files import (
     ALLOWED_METHODS,
     FileRange,
@@ -47,10 +59,7 @@ __all__ = ["HttpLimits", "HttpServer", "http_address", "serve_http"]
 
 log = logging.getLogger("opensocket.http")
 access_log = logging.getLogger("opensocket.http.access")
-HSTS: Final = "max-age=31536000"
 _SCHEMES: Final = {"http": "tcp", "https": "tls", "tcp": "tcp", "tls": "tls", "unix": "unix"}
-_LINGER_TIME: Final = 1.0
-_CLOSE_AFTER: Final = frozenset({400, 408, 413, 414, 431, 500, 503})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +69,9 @@ class HttpLimits:
     ``head_timeout``: a request head must arrive whole this long after its first byte (408
     otherwise). ``keepalive_timeout``: an idle connection is closed after this long.
     ``sendfile``: send file bodies on plain connections with ``loop.sendfile`` instead of
-    ``chunk_size`` writes (off: bench/http.py measured the writes faster here).
+    ``chunk_size`` writes (off: bench/web.py measured the writes faster here). Files up to
+    ``cache_file_size`` are answered from memory on the fast path (``cache_entries`` files,
+    and as many whole responses); larger ones are streamed.
     """
 
     max_head_size: int = 16 * 1024
@@ -103,7 +114,9 @@ class _Timeout(Exception):
 
 
 class _Session:
-    """One client connection: read a request, answer it, repeat while keep-alive holds."""
+    """One client connection handed over by its FastProtocol (or refused with a 503): read a
+    request, answer it (waiting for bodies and streaming large files), repeat while keep-alive
+    holds."""
 
     def __init__(
         self,
@@ -111,17 +124,20 @@ class _Session:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         ip: str,
+        parser: RequestParser | None = None,
     ) -> None:
         self.server = server
         self.limits = limits = server.limits
         self.reader = reader
         self.writer = writer
         self.ip = ip
-        self.parser = RequestParser(limits.max_target, limits.max_head_size, limits.max_headers)
+        self.parser = parser or RequestParser(
+            limits.max_target, limits.max_head_size, limits.max_headers
+        )
         self.idle = True
         self.got_bytes = False
         self.secure = writer.get_extra_info("sslcontext") is not None
-        self._task = asyncio.current_task()
+        self._task: asyncio.Task[Any] | None = None  # set by HttpServer._client
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = math.inf
         self._expired = False
@@ -282,18 +298,10 @@ class _Session:
             async with asyncio.timeout(self.limits.write_timeout):
                 await self.writer.drain()
 
-    def _headers(self, plan: Plan, close: bool) -> tuple[tuple[str, str], ...]:
-        headers = (("Date", _http_now()), ("Server", "opensocket"), *plan.headers)
-        if self.secure:
-            headers += (("Strict-Transport-Security", HSTS),)
-        if close:
-            headers += (("Connection", "close"),)
-        return headers
-
     async def _respond(self, plan: Plan, request: Request | None, keep: bool = False) -> bool:
         """Send ``plan``; True when the connection can serve another request."""
         head_only = request is not None and request.method == "HEAD"
-        close = not keep or plan.status in _CLOSE_AFTER or self.server.closing
+        close = not keep or plan.status in CLOSE_AFTER or self.server.closing
         source = None
         if plan.path is not None and plan.parts and not head_only:
             try:
@@ -302,14 +310,14 @@ class _Session:
                 plan = error_plan(404, "no such file")
         sent = 0
         try:
-            out = [self.server.response_head(plan, self._headers(plan, close))]
+            out = [self.server.response_head(plan, response_headers(plan, close, self.secure))]
             if not head_only:  # head and small body go out in one write
                 sent = await self._send_body(plan, source, out)
             await self._write(out)
         finally:
             if source is not None and not isinstance(source, bytes):
                 source.close()
-            self._log(request, plan.status, sent)
+            log_access(self.server, self.ip, request, plan.status, sent)
         return not close
 
     async def _send_body(self, plan: Plan, source: Any, out: list[bytes]) -> int:
@@ -349,24 +357,6 @@ class _Session:
         if sent != part.length:
             raise ConnectionResetError("the file changed while it was being sent")
 
-    def _log(self, request: Request | None, status: int, size: int) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        record = AccessRecord(self.ip, "", "", "", status, size)
-        if request is not None:
-            headers = request.headers
-            record = AccessRecord(
-                self.ip,
-                request.method,
-                request.target,
-                request.version,
-                status,
-                size,
-                headers.get("referer", ""),
-                headers.get("user-agent", ""),
-            )
-        access_log.info("%s", format_access(record, self.server.log_format, time.time()))
-
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Half-close, then drop what the client still sends, briefly: closing with unread input
@@ -375,7 +365,7 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         return
     with contextlib.suppress(OSError, TimeoutError, RuntimeError):
         writer.write_eof()
-        async with asyncio.timeout(_LINGER_TIME):
+        async with asyncio.timeout(LINGER_TIME):
             for _ in range(64):  # at most 4 MiB
                 if not await reader.read(65536):
                     return
@@ -386,17 +376,6 @@ def _header_value(value: str) -> str:
     if "\r" in value or "\n" in value:
         return value.replace("\r", " ").replace("\n", " ")
     return value
-
-
-_date_cache: list[Any] = [0, ""]
-
-
-def _http_now() -> str:
-    """The Date header value, formatted once a second."""
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[:] = [now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))]
-    return str(_date_cache[1])
 
 
 class HttpServer:
@@ -430,6 +409,8 @@ class HttpServer:
         self._admission = Admission(server_limits)
         self._servers: list[asyncio.Server] = []
         self._sessions: dict[asyncio.Task[Any], _Session] = {}
+        self._fast: set[FastProtocol] = set()
+        self.response_cache = ResponseCache(self, limits.cache_entries)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handshakes: set[asyncio.Task[Any]] = set()
         self._stats = ServerStats()
@@ -553,7 +534,30 @@ class HttpServer:
     def _attach(
         self, transport: asyncio.Transport, ip: str | None, refusal: Refusal | None
     ) -> None:
-        """Put a stream reader and writer on ``transport`` and start its session."""
+        """Serve ``transport`` with a FastProtocol; a refused client gets a stream session
+        that answers 503."""
+        if refusal is not None:
+            self._stream_session(transport, ip, None, False, refusal)
+            return
+        limits = self.limits
+        parser = RequestParser(limits.max_target, limits.max_head_size, limits.max_headers)
+        proto = FastProtocol(self, ip, parser)
+        early = transport.get_protocol()
+        transport.set_protocol(proto)
+        self._fast.add(proto)
+        proto.connection_made(transport)
+        if isinstance(early, Early):
+            early.replay(proto)
+
+    def _stream_session(
+        self,
+        transport: asyncio.Transport,
+        ip: str | None,
+        parser: RequestParser | None,
+        eof: bool,
+        refusal: Refusal | None = None,
+    ) -> None:
+        """Put a stream reader and writer on ``transport`` and start a session task on it."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=self.limits.max_head_size, loop=loop)
         proto = asyncio.StreamReaderProtocol(reader, loop=loop)
@@ -562,23 +566,21 @@ class HttpServer:
         proto.connection_made(transport)
         if isinstance(early, Early):
             early.replay(proto)
+        if eof:
+            reader.feed_eof()
         writer = asyncio.StreamWriter(transport, proto, reader, loop)
-        self._track(loop.create_task(self._client(reader, writer, ip, refusal)))
+        session = _Session(self, reader, writer, ip or "unix", parser)
+        self._track(loop.create_task(self._client(session, ip, refusal)))
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _client(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        ip: str | None,
-        refusal: Refusal | None,
-    ) -> None:
-        session = _Session(self, reader, writer, ip or "unix")
+    async def _client(self, session: _Session, ip: str | None, refusal: Refusal | None) -> None:
+        reader, writer = session.reader, session.writer
         task = asyncio.current_task()
         assert task is not None
+        session._task = task
         try:
             if refusal is not None:
                 await session._respond(error_plan(503, "the server is busy or closing"), None)
@@ -606,7 +608,7 @@ class HttpServer:
         """Counters: accepted, active, failed TLS handshakes, refusals by reason."""
         return ServerStats(
             accepted=self._stats.accepted,
-            active=len(self._sessions),
+            active=len(self._sessions) + len(self._fast),
             handshakes_failed=self._stats.handshakes_failed,
             dropped=self._stats.dropped.copy(),
         )
@@ -634,6 +636,8 @@ class HttpServer:
         for task, session in list(self._sessions.items()):
             if session.idle:
                 task.cancel()
+        for proto in list(self._fast):
+            proto.shutdown()  # between requests by construction: close once flushed
         busy = set(self._sessions)
         if busy:
             await asyncio.wait(busy, timeout=grace)
