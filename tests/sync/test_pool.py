@@ -161,12 +161,15 @@ def test_silent_peer_fails_the_ping_and_is_replaced() -> None:
 def test_ping_health_check_keeps_a_live_connection(live: tuple[Live, str]) -> None:
     counter, url = live
     pool = Pool(url, max_size=1, ping_after=0.0, ping_timeout=5)
-    with pool.connection() as first:
-        pass
-    with pool.connection() as again:  # pinged and answered: the same connection
-        assert again is first
-    assert pool.stats.created == 1 and pool.stats.unhealthy == 0 and counter.total == 1
-    pool.close()
+    try:
+        with pool.connection() as first:
+            pass
+        with pool.connection() as again:  # pinged and answered: the same connection
+            assert again is first
+        assert pool.stats.created == 1 and pool.stats.unhealthy == 0
+        counter.wait_for(lambda: counter.total == 1)  # the handler thread starts on its own
+    finally:
+        pool.close()
 
 
 def test_idle_connections_are_closed_after_idle_timeout(live: tuple[Live, str]) -> None:
@@ -286,3 +289,19 @@ def test_connection_ping_times_out_against_a_silent_peer() -> None:
             sock.close()
         listener.close()
     assert conn.wait_closed(5)
+
+
+def test_connection_ping_answers_are_its_own_beside_heartbeats(live: tuple[Live, str]) -> None:
+    _, url = live
+    from opensocket import ProtocolOptions
+
+    with sync.connect(url, protocol=ProtocolOptions(heartbeat=0.01)) as conn:
+        link = conn.link
+        import time
+
+        start = time.monotonic()
+        for _ in range(200):  # heartbeat pings (every 10 ms) interleave with ours
+            assert 0.0 <= conn.ping(timeout=5) < 5.0
+            if time.monotonic() - start > 0.1:
+                break
+        assert not link._pings  # nothing awaited is left behind

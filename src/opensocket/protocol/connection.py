@@ -661,10 +661,11 @@ class FramedConnection:
             self._send_control(FrameType.PONG, frame.payload[:64])
         elif ftype == FrameType.PONG:
             if len(frame.payload) == _STAMP.size:
-                rtt = now - _STAMP.unpack(frame.payload)[0]
+                sent = _STAMP.unpack(frame.payload)[0]
+                rtt = now - sent
                 if math.isfinite(rtt):  # the stamp is the peer's echo: do not trust it
                     self.rtt = max(rtt, 0.0)
-                    self._events.append(PongReceived(self.rtt))
+                    self._events.append(PongReceived(self.rtt, sent))
         elif ftype == FrameType.CLOSE:
             self._on_close(frame, now)
         elif ftype == FrameType.ERROR:

@@ -34,9 +34,11 @@ class HandshakeComplete(Event):
 
 @dataclass(frozen=True, slots=True)
 class PongReceived(Event):
-    """A heartbeat reply arrived; ``rtt`` is the round trip in seconds."""
+    """A heartbeat reply arrived; ``rtt`` is the round trip in seconds, ``sent`` the ``now``
+    of the ``ping(now)`` it answers (so a caller can tell its own ping's answer)."""
 
     rtt: float
+    sent: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

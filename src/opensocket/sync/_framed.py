@@ -76,8 +76,7 @@ class FramedLink:
         self._has_space = threading.Condition(queue_lock)
         self._receiver: Callable[[list[bytes | Frame]], None] | None = None
         self._pong = threading.Condition(threading.Lock())
-        self._pongs = 0
-        self._rtt = 0.0
+        self._pings: dict[float, float | None] = {}  # stamps of awaited pings -> round trip
         self._queued_bytes = 0
         self._paused = False
         self._ended = False
@@ -167,9 +166,9 @@ class FramedLink:
                 self.ready.set()
             elif isinstance(event, PongReceived):
                 with self._pong:
-                    self._pongs += 1
-                    self._rtt = event.rtt
-                    self._pong.notify_all()
+                    if event.sent in self._pings:  # not the heartbeat's own ping
+                        self._pings[event.sent] = event.rtt
+                        self._pong.notify_all()
             elif isinstance(event, ConnectionTerminated):
                 self._on_terminated(event)
         if self.core.pending_output:
@@ -366,24 +365,32 @@ class FramedLink:
     # ---- actions ---------------------------------------------------------------------------
 
     def ping(self, timeout: float) -> float:
-        """One PING/PONG round trip: its time in seconds (OperationTimeout without a PONG)."""
-        with self._pong:
-            before = self._pongs
+        """One PING/PONG round trip: its time in seconds (OperationTimeout without a PONG).
+
+        Only the answer to this ping counts (its echoed stamp), not the heartbeat's own."""
         with self._core_lock:
             if self.core.state is not State.OPEN:
                 raise self.core.closed_exception()
-            self.core.ping(time.monotonic())
-        deadline = time.monotonic() + timeout
-        self._flush(block=True, timeout=timeout)
-        with self._pong:
-            while self._pongs == before:
-                if self.closed.is_set():
-                    raise self.core.closed_exception()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise OperationTimeout(f"{self.peer}: no answer to a ping within {timeout:g}s")
-                self._pong.wait(left)
-            return self._rtt
+            sent = time.monotonic()
+            with self._pong:
+                self._pings[sent] = None
+            self.core.ping(sent)
+        try:
+            self._flush(block=True, timeout=timeout)
+            with self._pong:
+                while (rtt := self._pings[sent]) is None:
+                    if self.closed.is_set():
+                        raise self.core.closed_exception()
+                    left = sent + timeout - time.monotonic()
+                    if left <= 0:
+                        raise OperationTimeout(
+                            f"{self.peer}: no answer to a ping within {timeout:g}s"
+                        )
+                    self._pong.wait(left)
+                return rtt
+        finally:
+            with self._pong:
+                self._pings.pop(sent, None)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, wait: bool = True) -> None:
         """Start the closing handshake; with ``wait``, return once the connection has ended."""
