@@ -143,15 +143,24 @@ def reject_framed_flags(
         raise ConfigError(f"{_applies(given)} to the framed protocol only, not to {what}")
 
 
-def add_protocol_args(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
-    """Framed-protocol options: codec, secret, name, sizes, heartbeat."""
-    group = parser.add_argument_group("framed protocol")
-    codec_help = (
-        f"payload codecs to accept, comma-separated (default: {CODEC_DEFAULT_HELP})"
-        if server
-        else "payload codec: bytes, json or msgpack (default: bytes)"
-    )
-    group.add_argument("--codec", default=None, help=codec_help)
+def add_protocol_args(
+    parser: argparse.ArgumentParser,
+    *,
+    server: bool = False,
+    codec: bool = True,
+    title: str = "framed protocol",
+) -> None:
+    """Framed-protocol options: codec (unless ``codec=False``), secret, name, sizes, heartbeat."""
+    group = parser.add_argument_group(title)
+    if codec:
+        codec_help = (
+            f"payload codecs to accept, comma-separated (default: {CODEC_DEFAULT_HELP})"
+            if server
+            else "payload codec: bytes, json or msgpack (default: bytes)"
+        )
+        group.add_argument("--codec", default=None, help=codec_help)
+    else:
+        parser.set_defaults(codec=None)  # protocol_from reads it
     secret = group.add_mutually_exclusive_group()
     secret.add_argument(
         "--secret-env",

@@ -13,6 +13,7 @@ from ..errors import AddressError, ConfigError
 from ..messaging import Balance
 from ..options import ProtocolOptions, TLSOptions
 from ._common import (
+    add_protocol_args,
     add_tls_args,
     add_uvloop_arg,
     check_positive,
@@ -91,37 +92,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout")
     add_tls_args(parser, server=True)
-    _add_protocol_args(parser)
+    # no --codec: payloads pass through the broker as they are
+    add_protocol_args(parser, codec=False, title="framed protocol (both ends)")
     add_uvloop_arg(parser)
-
-
-def _add_protocol_args(parser: argparse.ArgumentParser) -> None:
-    """The framed-protocol options that apply to a broker (no --codec: payloads pass as
-    they are). Same names and meaning as ``opensocket serve``'s."""
-    group = parser.add_argument_group("framed protocol (both ends)")
-    secret = group.add_mutually_exclusive_group()
-    secret.add_argument(
-        "--secret-env",
-        metavar="VAR",
-        help="name of an environment variable holding the shared secret (authentication)",
-    )
-    secret.add_argument("--secret-file", metavar="FILE", help="file holding the shared secret")
-    group.add_argument("--name", default="", help="peer name sent in the handshake")
-    group.add_argument(
-        "--max-frame-size",
-        type=int,
-        default=None,
-        metavar="BYTES",
-        help="largest frame accepted (default: 16 MiB)",
-    )
-    group.add_argument(
-        "--heartbeat",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="ping interval (default: 15; 0: off)",
-    )
-    parser.set_defaults(codec=None)  # protocol_from reads it: the broker takes no codec
 
 
 def _addresses(args: argparse.Namespace) -> tuple[Address, Address]:
