@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 
-from ._base import PatternCore
+from ._base import DATA_KINDS, PatternCore
 from .envelope import BARE_METAS, SEMANTIC, WireFrame, encode
 from .events import Event, SessionLost, SessionResumed, SessionStarted
 from .session import ZERO_ID, Session, SessionOptions, SessionState, SessionStore, random_id
@@ -87,6 +87,19 @@ class Bridge:
         """The link that carries ``peer`` now; None while it has none (a session between
         links, or a peer that is gone)."""
         return self._link_of.get(peer)
+
+    def unwritten(self, link: int, frames: Iterable[WireFrame]) -> int:
+        """The runtime could not queue ``frames`` on ``link`` (it is going down). A session
+        replays them; without one their messages are lost: counted as dropped
+        ("link-closing", reported as MessageDropped), so sent = received + drops holds.
+        Returns how many were counted."""
+        peer = self._peer_of.get(link)
+        if peer is not None and peer in self.sessions:
+            return 0
+        lost = sum(1 for frame in frames if frame[0] in DATA_KINDS)
+        if lost:
+            self.core._discard("link-closing", peer, lost)
+        return lost
 
     def _bind(self, link: int, peer: int) -> None:
         self._peer_of[link] = peer

@@ -154,6 +154,9 @@ _BARE: Final = BARE_METAS
 BARE_META: Final = _BARE[0]  # a MESSAGE without fields: b"\x01\x00"
 _TOPIC_METAS: dict[bytes, bytes] = {}  # topic -> metadata of a bare PUBLISH (bounded)
 _MAX_TOPIC_METAS: Final = 1024
+# Topics cached at most this long: a topic may come from a peer (a broker forwards them),
+# and 1024 entries of 64 KiB would be a lot of memory for a cache.
+MAX_CACHED_TOPIC: Final = 256
 
 
 def encode(env: Envelope, seq: int | None = None, ack: int | None = None) -> WireFrame:
@@ -194,7 +197,7 @@ def _encode_bare(env: Envelope) -> WireFrame:
     meta = _TOPIC_METAS.get(topic) if not flags else None
     if meta is None:
         meta = _HEAD.pack(META_VERSION, flags | _TOPIC) + _U16.pack(len(topic)) + topic
-        if not flags:
+        if not flags and len(topic) <= MAX_CACHED_TOPIC:
             if len(_TOPIC_METAS) >= _MAX_TOPIC_METAS:
                 _TOPIC_METAS.clear()
             _TOPIC_METAS[topic] = meta

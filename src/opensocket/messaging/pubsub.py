@@ -29,6 +29,7 @@ __all__ = ["LastValueCache", "Publisher", "PublisherOptions", "Subscriber", "Sub
 
 MAX_TOPIC = 65535
 MAX_BARE = 1024  # topics whose PUBLISH metadata a subscriber remembers (skips decoding)
+MAX_BARE_META = 256  # ... only short ones: the topics come from the peer
 
 
 def _check_topic(topic: bytes) -> bytes:
@@ -333,6 +334,8 @@ class Subscriber(PatternCore):
             self._arrived(peer, run, now)
 
     def _remember(self, meta: bytes, env: Envelope) -> None:
+        if len(meta) > MAX_BARE_META:
+            return
         if len(self._bare) >= MAX_BARE:
             self._bare.clear()
         assert env.topic is not None

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from ..errors import ConfigError, QueueFull, RequestAborted, RequestTimeout
-from ._base import PatternCore
+from ._base import ENVELOPE_OVERHEAD, PatternCore
 from .envelope import Envelope, Kind, MetaFlags
 from .events import ReplyReceived, RequestFailed, RequestReceived
 from .hwm import HighWaterMark, Outcome, Policy
@@ -301,13 +301,24 @@ class Requester(PatternCore):
 
 
 class Replier(PatternCore):
-    """The replying side: requests in as events, replies out through ``reply``."""
+    """The replying side: requests in as events, replies out through ``reply``.
+
+    At most ``max_outstanding`` requests of one peer await a reply at a time: later ones
+    wait in a backlog (not reported yet) and the peer is in ``paused``, which the runtime
+    stops reading until replies bring it below the cap. A flooding requester so costs a
+    bounded amount of work and at most one read of memory.
+    """
 
     name = "reply"
 
-    def __init__(self, hwm: HighWaterMark | None = None) -> None:
+    def __init__(self, hwm: HighWaterMark | None = None, *, max_outstanding: int = 4096) -> None:
         super().__init__(hwm)
+        if max_outstanding < 1:
+            raise ConfigError(f"max_outstanding must be at least 1, not {max_outstanding}")
+        self.max_outstanding = max_outstanding
         self.open: dict[int, set[int]] = {}  # peer -> request ids awaiting our reply
+        self.backlog: dict[int, deque[Envelope]] = {}  # peer -> requests past the cap
+        self.paused: set[int] = set()  # peers at the cap: the runtime does not read them
 
     def peer_up(self, peer: int, now: float) -> None:
         """A requester connected."""
@@ -317,20 +328,42 @@ class Replier(PatternCore):
     def peer_down(self, peer: int, now: float) -> list[Envelope]:
         """A requester is gone: its open requests can no longer be answered."""
         queued = super().peer_down(peer, now)
-        gone = len(self.open.pop(peer, ())) + len(queued)
+        self.paused.discard(peer)
+        gone = len(self.open.pop(peer, ())) + len(self.backlog.pop(peer, ())) + len(queued)
         if gone:
             self._discard("peer-gone", peer, gone)
         return queued
 
     @property
     def outstanding(self) -> int:
-        """Requests received and not answered yet (runtimes cap concurrency with it)."""
-        return sum(map(len, self.open.values()))
+        """Requests received and not answered yet (those in the backlog included)."""
+        return sum(map(len, self.open.values())) + sum(map(len, self.backlog.values()))
 
     def _on_request(self, peer: int, env: Envelope, now: float) -> None:
         assert env.id is not None
-        self.open[peer].add(env.id)
+        ids = self.open[peer]
+        if len(ids) >= self.max_outstanding:
+            self.backlog.setdefault(peer, deque()).append(env)
+            self.paused.add(peer)
+            return
+        ids.add(env.id)
+        if len(ids) >= self.max_outstanding:
+            self.paused.add(peer)
         self._events.append(RequestReceived(peer, env.id, env.payload))
+
+    def _answered(self, peer: int, ids: set[int]) -> None:
+        """One of ``peer``'s requests was answered: hand out the next one waiting."""
+        backlog = self.backlog.get(peer)
+        if backlog:
+            env = backlog.popleft()
+            assert env.id is not None
+            ids.add(env.id)
+            self._events.append(RequestReceived(peer, env.id, env.payload))
+            if backlog:
+                return
+            del self.backlog[peer]
+        if len(ids) < self.max_outstanding:
+            self.paused.discard(peer)
 
     def reply(
         self, peer: int, rid: int, payload: bytes, now: float, *, error: bool = False
@@ -347,4 +380,11 @@ class Replier(PatternCore):
         outcome = self._queue(peer, Envelope(Kind.REPLY, bytes(payload), rid, None, flags))
         if outcome is not Outcome.WOULD_BLOCK:
             ids.discard(rid)
+            self._answered(peer, ids)
         return outcome
+
+    def fit_error(self, text: bytes) -> bytes:
+        """An error reply's text cut to what surely fits in one frame (a requester must
+        always hear that its request failed, or it waits for its deadline)."""
+        room = min(1024, (self.max_size or 1024) - ENVELOPE_OVERHEAD)
+        return text[: max(room, 0)]

@@ -35,6 +35,9 @@ PatternFrame = tuple[int, bytes, Buffer]  # (frame type, metadata, payload)
 # so a frame then costs one dict lookup, one CRC call over its payload and one struct pack;
 # an entry exists only for a frame that passed the checks (type range, metadata size).
 _MAX_HEADS: Final = 4096
+# Metadata cached at most this long: the cache is process-wide and metadata (a topic) may
+# come from a peer, which must not make it hold up to 4096 x 64 KiB.
+MAX_CACHED_META: Final = 256
 # Envelope flags (byte 1 of the metadata) of a seq, ack or id field: such metadata never
 # repeats, so caching its header would only churn the cache.
 NUMBERED: Final = 0x70
@@ -55,7 +58,7 @@ def _new_head(frame_type: int, meta: bytes, size: int) -> Head:
     tail = TAIL.pack(frame_type, CHECKSUM, meta_len, body)
     plain = HEADER.pack(MAGIC_VERSION, 0, frame_type, 0, meta_len, body)
     entry = (tail, crc32c(meta, crc32c(tail)), plain, body)
-    if meta_len < 2 or not meta[1] & NUMBERED:
+    if meta_len <= MAX_CACHED_META and (meta_len < 2 or not meta[1] & NUMBERED):
         if len(_heads) >= _MAX_HEADS:
             _heads.clear()
         _heads[(frame_type, bytes(memoryview(meta)), size)] = entry  # hashable key

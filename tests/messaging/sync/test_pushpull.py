@@ -170,6 +170,7 @@ def test_session_survives_a_cut_every_message_once_in_order(
                     proxy.clear(fault)
         while len(got) < total:
             got.append(pull.recv(timeout=5))
+        settle(pull, lambda: any(isinstance(e, SessionResumed) for e in seen))
         assert any(isinstance(e, Disconnected) for e in seen), "the proxy did not cut"
         assert [int(m[:6]) for m in got] == list(range(total))
         assert any(isinstance(e, SessionResumed) for e in seen)

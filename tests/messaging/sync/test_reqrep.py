@@ -104,6 +104,8 @@ def test_reconnects_with_backoff_and_reports_monitor_events(free_port: int) -> N
         settle(req, lambda: any(isinstance(e, Reconnecting) for e in seen))
         rep2.bind(url)
         assert req.request(b"2", timeout=5) == b"new:2"
+        # on_event runs on its own thread: wait until it has seen the second Connected
+        settle(req, lambda: [type(e) for e in seen].count(Connected) == 2)
         kinds = [type(e) for e in seen]
         assert kinds[0] is Connected
         assert Disconnected in kinds and Reconnecting in kinds
@@ -151,6 +153,7 @@ def test_wrong_pattern_is_a_handshake_failure_and_giving_up_fails_requests() -> 
         req.connect(url, wait=False)
         with pytest.raises(RequestAborted, match="gave up reconnecting"):
             req.request(b"x")  # no timeout given: giving up must end it
+        settle(req, lambda: sum(isinstance(e, HandshakeFailed) for e in seen) == 3)
         failures = [e for e in seen if isinstance(e, HandshakeFailed)]
         assert len(failures) == 3  # the first attempt and two retries
         assert isinstance(failures[0].error, NegotiationFailed)

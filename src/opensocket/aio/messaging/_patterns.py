@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ...errors import (
@@ -40,7 +39,6 @@ from ...messaging import (
     RequestReceived,
     Subscriber,
 )
-from ...messaging._base import ENVELOPE_OVERHEAD
 from ._socket import Socket
 
 __all__ = [
@@ -198,22 +196,6 @@ class RequesterSocket(Socket):
         self.core.abort("the request socket was closed")
 
 
-async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Drive ``coro``, started eagerly and suspended on ``waiting``, to its end (what a
-    Task would have done from its first step on)."""
-    while True:
-        if waiting is None:  # a bare yield (asyncio.sleep(0))
-            await asyncio.sleep(0)
-        else:
-            waiting._asyncio_future_blocking = False  # as Task does with what it is handed
-            with contextlib.suppress(BaseException):
-                await waiting  # the coroutine reads the outcome itself when resumed
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-
-
 class Request:
     """One received request: ``message`` (decoded) and ``reply()``."""
 
@@ -232,7 +214,13 @@ class Request:
 
 class ReplierSocket(Socket):
     """Answers requests: with ``handler`` each request runs as its own task (at most
-    ``concurrency`` at once); without one, ``recv_request()`` hands them out."""
+    ``concurrency`` at once); without one, ``recv_request()`` hands them out.
+
+    A peer with ``max_outstanding`` requests unanswered (4 x ``concurrency`` unless given)
+    is not read until replies bring it below: a flooding requester costs bounded work.
+    A result the codec refuses, or one too large for a frame, is answered with an error
+    (ReplyError at the requester), never left to the requester's deadline.
+    """
 
     pattern = "reply"
     core: Replier
@@ -243,9 +231,11 @@ class ReplierSocket(Socket):
         *,
         hwm: HighWaterMark | None = None,
         concurrency: int = 1000,
+        max_outstanding: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(Replier(hwm), **kwargs)
+        cap = 4 * concurrency if max_outstanding is None else max_outstanding
+        super().__init__(Replier(hwm, max_outstanding=cap), **kwargs)
         self.handler = handler
         self._slots = asyncio.Semaphore(concurrency)  # handlers running at once
         self._requests: deque[Request] = deque()
@@ -264,29 +254,26 @@ class ReplierSocket(Socket):
         if self.handler is None:
             self._requests.append(request)
             return
-        # Started eagerly: a handler that answers without waiting (the common case) costs
-        # no task and no loop iteration; one that waits continues in a task.
-        coro = self._run(request, self.handler)
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-        except Exception:  # replying failed (the handler's own errors became replies)
-            log.exception("request %d of peer %d could not be answered", event.id, event.peer)
-            return
-        task = self.loop.create_task(_resume(coro, waiting))
+        # A real task from the first step on: asyncio.timeout(), TaskGroup, cancellation and
+        # contextvars in the handler behave as in any task.
+        task = self.loop.create_task(self._run(request, self.handler))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, request: Request, handler: Handler) -> None:
+        # Encoding is inside the try: a result the codec refuses becomes an error reply, or
+        # the requester would wait for its deadline.
         try:
             async with self._slots:
                 result = await handler(request.message)
+            payload, error = self.codec.dumps(result), False
         except Exception as exc:
             log.info("request handler raised %r; replying with an error", exc)
-            await request.reply(f"{type(exc).__name__}: {exc}", error=True)
-            return
-        await request.reply(result)
+            payload, error = f"{type(exc).__name__}: {exc}".encode(), True
+        try:
+            await self._send_reply(request._peer, request._id, payload, error)
+        except Exception:  # nothing can reach the requester now: say so, at least
+            log.exception("request %d of peer %d could not be answered", request._id, request._peer)
 
     async def recv_request(self, timeout: float | None = None) -> Request:
         """The next request (without a handler)."""
@@ -299,6 +286,11 @@ class ReplierSocket(Socket):
 
     async def _reply(self, peer: int, rid: int, message: Any, error: bool) -> None:
         payload = str(message).encode() if error else self.codec.dumps(message)
+        await self._send_reply(peer, rid, payload, error)
+
+    async def _send_reply(self, peer: int, rid: int, payload: bytes, error: bool) -> None:
+        if error:
+            payload = self.core.fit_error(payload)
         while True:
             if self._closed:
                 return
@@ -307,10 +299,8 @@ class ReplierSocket(Socket):
             except FrameTooLarge as exc:
                 if error:
                     raise
-                # The requester must hear about it, or it would wait for its deadline: the
-                # error text is cut to what surely fits.
-                room = min(1024, (self.core.max_size or 1024) - ENVELOPE_OVERHEAD)
-                payload, error = str(exc).encode()[: max(room, 0)], True
+                # The requester must hear about it, or it would wait for its deadline.
+                payload, error = self.core.fit_error(str(exc).encode()), True
                 continue
             if outcome is not Outcome.WOULD_BLOCK:
                 self.kick()

@@ -274,7 +274,8 @@ class Socket:
         for link, frames in batches.items():
             conn = self._links.get(link)
             if conn is None or conn._core.state is not State.OPEN:
-                continue  # a session replays them; without sessions the link is going down
+                self.bridge.unwritten(link, frames)  # a session replays them; else counted
+                continue
             core = conn._core
             try:
                 if shared is not None and len(frames) > 1:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import logging
 import threading
@@ -13,6 +12,7 @@ from typing import Any
 from ...errors import (
     CloseCode,
     ConnectionClosed,
+    FrameTooLarge,
     OpenSocketError,
     QueueFull,
     ReadTimeout,
@@ -40,7 +40,8 @@ from ...messaging import (
     RequestReceived,
     Subscriber,
 )
-from ._socket import Socket, _now
+from ._socket import JOIN_TIMEOUT, Socket, _now
+from ._workers import Workers
 
 __all__ = [
     "PairSocket",
@@ -101,11 +102,13 @@ class _Inbox(Socket):
         same message again."""
         with self._lock:
             self._check_open()
-            for attempt in attempts:
-                while attempt(_now()) is Outcome.WOULD_BLOCK:
-                    self._pump()
-                    self._wait(None)
-            self._pump()
+            try:
+                for attempt in attempts:
+                    while attempt(_now()) is Outcome.WOULD_BLOCK:
+                        self._pump()
+                        self._wait(None)
+            finally:  # under RAISE, what was accepted before QueueFull is written too
+                self._pump()
 
 
 class _Pending:
@@ -153,9 +156,15 @@ class RequesterSocket(Socket):
                 self._wait(None)
             rid = core.request(payload, _now(), timeout=timeout, retryable=retryable)
             pending = self._pending[rid] = _Pending(threading.Condition(self._lock))
-            self._pump()
             try:
+                self._pump()
                 pending.wake.wait_for(lambda: pending.done)
+            except BaseException:
+                # The caller gives up (KeyboardInterrupt, ...): so does the core, and a reply
+                # that still comes is dropped and counted, not left pending forever.
+                if not pending.done:
+                    core.cancel(rid)
+                raise
             finally:
                 self._pending.pop(rid, None)
         if pending.error is not None:
@@ -208,7 +217,13 @@ class Request:
 
 class ReplierSocket(Socket):
     """Answers requests: with ``handler`` each request runs on a thread pool (at most
-    ``concurrency`` at once); without one, ``recv_request()`` hands them out."""
+    ``concurrency`` at once); without one, ``recv_request()`` hands them out.
+
+    A peer with ``max_outstanding`` requests unanswered (4 x ``concurrency`` unless given)
+    is not read until replies bring it below: a flooding requester costs bounded work.
+    A result the codec refuses, or one too large for a frame, is answered with an error
+    (ReplyError at the requester), never left to the requester's deadline.
+    """
 
     pattern = "reply"
     core: Replier
@@ -219,16 +234,16 @@ class ReplierSocket(Socket):
         *,
         hwm: HighWaterMark | None = None,
         concurrency: int = 16,
+        max_outstanding: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(Replier(hwm), **kwargs)
+        cap = 4 * concurrency if max_outstanding is None else max_outstanding
+        super().__init__(Replier(hwm, max_outstanding=cap), **kwargs)
         self.handler = handler
         self._requests: deque[Request] = deque()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: Workers | None = None
         if handler is not None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=concurrency, thread_name_prefix="opensocket-replier"
-            )
+            self._pool = Workers(concurrency, "opensocket-replier")
 
     def _handle(self, peer: int | None, event: Event) -> None:
         if not isinstance(event, RequestReceived):
@@ -243,16 +258,21 @@ class ReplierSocket(Socket):
         if self._pool is None or self.handler is None:
             self._requests.append(request)
             return
-        self._pool.submit(self._run, request, self.handler)
+        self._pool.submit(functools.partial(self._run, request, self.handler))
 
     def _run(self, request: Request, handler: Handler) -> None:
+        # Encoding is inside the try: a result the codec refuses becomes an error reply, or
+        # the requester would wait for its deadline. Nothing may escape: the pool's Future
+        # would swallow it.
         try:
-            result = handler(request.message)
-        except Exception as exc:
-            log.info("request handler raised %r; replying with an error", exc)
-            request.reply(f"{type(exc).__name__}: {exc}", error=True)
-            return
-        request.reply(result)
+            try:
+                payload, error = self.codec.dumps(handler(request.message)), False
+            except Exception as exc:
+                log.info("request handler raised %r; replying with an error", exc)
+                payload, error = f"{type(exc).__name__}: {exc}".encode(), True
+            self._send_reply(request._peer, request._id, payload, error)
+        except Exception:
+            log.exception("request %d of peer %d could not be answered", request._id, request._peer)
 
     def recv_request(self, timeout: float | None = None) -> Request:
         """The next request (without a handler)."""
@@ -268,9 +288,21 @@ class ReplierSocket(Socket):
 
     def _reply(self, peer: int, rid: int, message: Any, error: bool) -> None:
         payload = str(message).encode() if error else self.codec.dumps(message)
+        self._send_reply(peer, rid, payload, error)
+
+    def _send_reply(self, peer: int, rid: int, payload: bytes, error: bool) -> None:
+        if error:
+            payload = self.core.fit_error(payload)
         with self._lock:
             while not self._closed:
-                outcome = self.core.reply(peer, rid, payload, _now(), error=error)
+                try:
+                    outcome = self.core.reply(peer, rid, payload, _now(), error=error)
+                except FrameTooLarge as exc:
+                    if error:
+                        raise
+                    # The requester must hear about it, or it would wait for its deadline.
+                    payload, error = self.core.fit_error(str(exc).encode()), True
+                    continue
                 self._pump()
                 if outcome is not Outcome.WOULD_BLOCK:
                     return
@@ -278,7 +310,8 @@ class ReplierSocket(Socket):
 
     def _shutdown_workers(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            # Bounded: a handler that never returns is logged and left running (daemon).
+            self._pool.stop(JOIN_TIMEOUT)
 
 
 class PublisherSocket(_Inbox):

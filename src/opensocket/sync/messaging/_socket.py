@@ -7,7 +7,8 @@ touched under the socket's lock; ``time.monotonic()`` is their clock. Threads:
 - each link's reader thread (the framed runtime's own) feeds pattern frames to the bridge;
 - each link has one writer thread that flushes what the bridge queued in the link's core
   (for a connecting endpoint it is the endpoint's thread, which also reconnects with
-  backoff; for an accepted link the server's handler worker), so a slow peer never blocks
+  backoff; an accepted link gets its own, started on attach: it never waits for a server
+  handler worker, which the link only holds idle until it ends), so a slow peer never blocks
   the application or the other peers: past ``WRITE_HIGH`` queued bytes the peer is marked
   unwritable and the pattern's high-water marks apply;
 - one timer thread fires the bridge's timers (request timeouts, session acks and windows).
@@ -56,7 +57,7 @@ MAX_EVENTS = 10_000  # monitor events kept for a slow (or absent) reader; the ol
 WRITE_HIGH = 256 * 1024  # bytes queued in a link's core before its peer counts as unwritable
 WRITE_LOW = 64 * 1024  # ... and writable again once the writer got it below this
 JOIN_TIMEOUT = 5.0
-SERVER_WORKERS = 4096  # each accepted link holds one server worker as its writer
+SERVER_WORKERS = 4096  # each accepted link holds one (idle) server worker until it ends
 
 
 def _now() -> float:
@@ -83,7 +84,12 @@ class _Endpoint:
 
 
 class Socket:
-    """Base of the blocking messaging sockets: bind, connect, close, monitor, stats."""
+    """Base of the blocking messaging sockets: bind, connect, close, monitor, stats.
+
+    ``on_event(event)`` is called in order on one thread of its own, outside the socket's
+    lock: a slow callback delays only later callbacks (past MAX_EVENTS waiting, the oldest
+    are skipped), and it may call the socket (``request``, ``send``, even ``close``).
+    """
 
     pattern: ClassVar[Pattern] = "pair"  # the ProtocolOptions.pattern it negotiates
 
@@ -117,10 +123,15 @@ class Socket:
         self._timer_wake = threading.Condition(self._lock)
         self._stop_wake = threading.Condition(self._lock)  # reconnect delays end at close
         self._monitor_wake = threading.Condition(self._lock)
+        self._owed: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
+        self._owed_wake = threading.Condition(self._lock)  # events for on_event, or closed
+        self._caller: threading.Thread | None = None  # the thread calling on_event
+        self._caller_done = False
         self._links: dict[int, _Link] = {}
         self._by_flink: dict[FramedLink, _Link] = {}
         self._link_ids = itertools.count(1)
         self._endpoints: list[_Endpoint] = []
+        self._writers: set[threading.Thread] = set()  # accepted links' writer threads
         self._servers: list[Server] = []
         self._timer_at: float | None = None
         self._timer_thread: threading.Thread | None = None
@@ -135,8 +146,10 @@ class Socket:
     def bind(self, url: str) -> str:
         """Accept connections on ``url``; returns the bound address (real port for port 0).
 
-        Each accepted link holds one server worker thread as its writer: ``limits.workers``
-        (4096 unless ``limits`` says otherwise) caps the links this endpoint serves at once.
+        Each accepted link has its own writer thread and holds one (idle) server worker
+        until it ends: ``limits.workers`` (4096 unless ``limits`` says otherwise) plus
+        ``limits.max_pending`` caps the links this endpoint serves at once; the server
+        refuses the next ones with CONNECTION_LIMIT ("server busy").
         """
         self._check_open()
         from .. import serve
@@ -241,11 +254,26 @@ class Socket:
         """A connecting endpoint exhausted its attempts (subclasses fail pending work)."""
 
     def _serve_link(self, conn: Connection) -> None:
-        """The server's handler for an accepted link: be its writer until it ends."""
-        with self._lock:
-            link = self._by_flink.get(conn.link)
-        if link is not None:
+        """The server's handler for an accepted link: hold it open until it ends (its writer
+        is its own thread: a link waiting for a worker still gets its output written)."""
+        conn.link.closed.wait()
+
+    def _start_writer(self, link: _Link) -> None:
+        """An accepted link's writer thread (lock held)."""
+        thread = threading.Thread(
+            target=self._writer, args=(link,), name=f"opensocket-msg-writer {link.id}", daemon=True
+        )
+        self._writers.add(thread)
+        thread.start()
+
+    def _writer(self, link: _Link) -> None:
+        try:
             self._write_loop(link)
+        except Exception:  # a bug here must not pass silently
+            log.exception("writer of link %d failed", link.id)
+        finally:
+            with self._lock:
+                self._writers.discard(threading.current_thread())
 
     # ---- links -----------------------------------------------------------------------------
 
@@ -272,6 +300,7 @@ class Socket:
                 endpoint.link = link
                 endpoint.peer = peer = self.bridge.connected(link.id, now, peer=endpoint.peer)
             else:
+                self._start_writer(link)
                 self.bridge.accepted(link.id, now)
                 peer = self.bridge.peer_of(link.id) or 0  # 0: known once its SESSION arrives
             self._emit(Connected(peer, conn.remote_address))
@@ -374,6 +403,8 @@ class Socket:
             link = self._links.get(lid)
             if link is not None:
                 self._queue(link, frames)
+            else:
+                self.bridge.unwritten(lid, frames)
         for lid in self.bridge.takeovers:
             old = self._links.get(lid)
             if old is not None:
@@ -392,7 +423,8 @@ class Socket:
         flink = link.flink
         core = flink.core
         if core.state is not State.OPEN:
-            return  # a session replays them; without sessions the link is going down
+            self.bridge.unwritten(link.id, frames)  # a session replays them; else counted
+            return
         try:
             flink.queue_frames(frames)
         except OpenSocketError as exc:  # e.g. a message over the peer's frame limit
@@ -477,13 +509,38 @@ class Socket:
     # ---- monitor and stats -----------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
-        if self._on_event is not None:
-            try:
-                self._on_event(event)
-            except Exception:
-                log.exception("on_event callback raised")
+        if self._on_event is not None and not self._caller_done:
+            self._owed.append(event)
+            if self._caller is None:
+                self._caller = threading.Thread(
+                    target=self._call_back, name="opensocket-msg-events", daemon=True
+                )
+                self._caller.start()
+            self._owed_wake.notify()
         self._monitor.append(event)
         self._monitor_wake.notify_all()
+
+    def _call_back(self) -> None:
+        """The on_event thread: calls the callback in order, never under the lock; ends
+        once the socket is closed and every event is delivered."""
+        callback = self._on_event
+        assert callback is not None
+        while True:
+            with self._lock:
+                while not self._owed and not self._closed:
+                    self._owed_wake.wait()
+                if not self._owed:
+                    self._caller_done = True
+                    return
+                batch = list(self._owed)
+                self._owed.clear()
+            for event in batch:
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("on_event callback raised")
+            with self._lock:
+                self._progress.notify_all()  # wait_for() conditions may read what it saw
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Monitor events (Connected, Disconnected, Reconnecting, HandshakeFailed,
@@ -552,6 +609,7 @@ class Socket:
             self._stop_wake.notify_all()
             self._progress.notify_all()
             self._monitor_wake.notify_all()
+            self._owed_wake.notify_all()
         self._stop(links)
         return undelivered
 
@@ -562,7 +620,10 @@ class Socket:
             link.flink.wait_closed(self._protocol.close_timeout)
         for server in self._servers:
             server.shutdown(0)
-        threads = [e.thread for e in self._endpoints] + [self._timer_thread]
+        with self._lock:
+            writers = list(self._writers)
+        threads = [e.thread for e in self._endpoints] + writers + [self._timer_thread]
+        threads.append(self._caller)
         for thread in threads:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(JOIN_TIMEOUT)
