@@ -11,7 +11,7 @@ import asyncio
 import collections
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, cast
 
 from .._connection import ConnectionBase, snapshot
@@ -29,6 +29,7 @@ from ..protocol.connection import FramedConnection, Role, State
 from ..protocol.decoder import new_scratch
 from ..protocol.events import ConnectionTerminated, HandshakeComplete, PongReceived
 from ..protocol.frame import Frame
+from ..protocol.patterns import EncodedFrames, PatternFrame
 from ..stats import ConnectionStats
 from ..tls import tls_error
 
@@ -640,6 +641,58 @@ class Connection(ConnectionBase):
             proto.close(code, reason)
         await asyncio.shield(proto.closed)
         await asyncio.shield(proto.lost)
+
+    # ---- messaging-pattern links (for opensocket.aio.messaging) ----------------------------
+
+    def set_pattern_receiver(self, callback: Callable[[list[Any]], None]) -> list[Any]:
+        """Hand pattern frames to ``callback`` as ``(type, metadata, payload)`` tuples from now
+        on; returns what arrived before (Frames or tuples), taken out of the inbox."""
+        proto = self._proto
+        self._core.deliver_pattern_tuples()
+        early = list(proto.inbox)
+        proto.inbox.clear()
+        proto.receiver = callback
+        if early:
+            proto.taken(sum(map(len, early)))
+        return early
+
+    def set_writable_callback(self, callback: Callable[[bool], None] | None) -> None:
+        """Call ``callback(False)`` when the send buffer fills and ``callback(True)`` when it
+        drains again."""
+        self._proto.on_writable = callback
+
+    def add_lost_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the connection is gone (whoever ended it)."""
+        self._proto.lost.add_done_callback(lambda _: callback())
+
+    @property
+    def peer_max_frame_size(self) -> int | None:
+        """The largest frame the peer accepts (known once the handshake is done)."""
+        agreement = self._core.agreement
+        return None if agreement is None else agreement.peer_max_frame_size
+
+    def send_pattern_frames(self, frames: Sequence[PatternFrame], *, flush: bool = True) -> None:
+        """Queue messaging-pattern frames (``FramedConnection.send_frames``); all or none."""
+        self._core.send_frames(frames)
+        if flush:
+            self._proto.schedule_flush()
+
+    def send_pattern_batch(self, batch: EncodedFrames, *, flush: bool = True) -> None:
+        """Queue pattern frames framed once for several links (``encode_frames``)."""
+        self._core.send_encoded(batch)
+        if flush:
+            self._proto.schedule_flush()
+
+    def pause_reading(self, paused: bool) -> None:
+        """Stop (True) or resume reading the socket: the layer above's own flow control."""
+        proto = self._proto
+        if paused:
+            transport = proto.transport
+            if not proto._read_paused and transport is not None and not transport.is_closing():
+                proto._read_paused = True
+                transport.pause_reading()
+        else:
+            proto.resume_reading()
 
     def close_nowait(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the closing handshake without waiting: what is queued is sent first, and a

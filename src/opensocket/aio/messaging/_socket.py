@@ -36,7 +36,6 @@ from ...messaging import (
 )
 from ...messaging._base import PatternCore
 from ...options import Pattern, ProtocolOptions, ServerLimits, SocketOptions, TLSOptions
-from ...protocol.connection import State
 from ...protocol.frame import Frame
 from ...protocol.patterns import EncodedFrames, encode_frames
 from .._framed import Connection
@@ -164,7 +163,7 @@ class Socket:
                     when = backoff.failed(loop.time())
                 else:
                     if self._closing:
-                        conn._proto.close(CloseCode.GOING_AWAY, "socket closing")
+                        conn.close_nowait(CloseCode.GOING_AWAY, "socket closing")
                         return
                     self._attach(conn, endpoint)
                     continue
@@ -191,20 +190,17 @@ class Socket:
         link = next(self._link_ids)
         now = self.loop.time()
         self._links[link] = conn
-        proto = conn._proto
-        conn._core.deliver_pattern_tuples()  # cheaper than Frames; the bridge takes tuples
-        agreement = conn._core.agreement
-        if agreement is not None and self.core.max_size is not None and self.bridge.options:
+        peer_max = conn.peer_max_frame_size
+        if peer_max is not None and self.core.max_size is not None and self.bridge.options:
             # A session would replay a message its peer refuses after every reconnection:
             # with sessions, what is sent must fit every peer's limit. Without, a link that
             # cannot take a message drops it (counted) and the others still get it.
-            self.core.max_size = min(self.core.max_size, agreement.peer_max_frame_size)
-        # frames the peer sent right after the handshake are already in the inbox
-        early = list(proto.inbox)
-        proto.inbox.clear()
-        proto.receiver = lambda items: self._receive(link, items)
-        proto.on_writable = lambda writable: self._writable(link, writable)
-        proto.lost.add_done_callback(lambda _: self._lost(link, endpoint))
+            self.core.max_size = min(self.core.max_size, peer_max)
+        # tuples are cheaper than Frames and the bridge takes them; frames the peer sent right
+        # after the handshake are already in the inbox
+        early = conn.set_pattern_receiver(lambda items: self._receive(link, items))
+        conn.set_writable_callback(lambda writable: self._writable(link, writable))
+        conn.add_lost_callback(lambda: self._lost(link, endpoint))
         if endpoint is not None:
             endpoint.conn = conn
             endpoint.peer = peer = self.bridge.connected(link, now, peer=endpoint.peer)
@@ -213,7 +209,6 @@ class Socket:
             peer = self.bridge.peer_of(link) or 0  # 0: known once its SESSION arrives
         self._emit(Connected(peer, conn.remote_address))
         if early:
-            proto.taken(sum(map(len, early)))
             self._receive(link, early)
         else:
             self.pump()
@@ -229,7 +224,7 @@ class Socket:
             log.warning("link %d: %s; closing it", link, exc)
             conn = self._links.get(link)
             if conn is not None:
-                conn._proto.close(exc.code, str(exc)[:100])
+                conn.close_nowait(exc.code, str(exc)[:100])
         self.pump()
 
     def _writable(self, link: int, writable: bool) -> None:
@@ -244,8 +239,7 @@ class Socket:
         if conn is None or self._closed:
             return
         peer = self.bridge.disconnected(link, self.loop.time())
-        term = conn._core.terminated
-        reason = term.reason if term is not None and term.reason else "connection lost"
+        reason = conn.close_reason or "connection lost"
         self._emit(Disconnected(peer or 0, conn.remote_address, reason))
         self.pump()
 
@@ -273,19 +267,19 @@ class Socket:
         )
         for link, frames in batches.items():
             conn = self._links.get(link)
-            if conn is None or conn._core.state is not State.OPEN:
+            if conn is None or not conn.is_open:
                 self.bridge.unwritten(link, frames)  # a session replays them; else counted
                 continue
-            core = conn._core
             try:
                 if shared is not None and len(frames) > 1:
-                    key = (core.checksums, tuple(map(id, frames)))
+                    checksum = conn.checksum
+                    key = (checksum, tuple(map(id, frames)))
                     batch = shared.get(key)
                     if batch is None:
-                        batch = shared[key] = encode_frames(frames, checksum=core.checksums)
-                    core.send_encoded(batch)
+                        batch = shared[key] = encode_frames(frames, checksum=checksum)
+                    conn.send_pattern_batch(batch)
                 else:
-                    core.send_frames(frames)
+                    conn.send_pattern_frames(frames)
             except OpenSocketError as exc:  # e.g. a message over the peer's frame limit
                 log.warning(
                     "link %d: cannot send %d frame(s): %s; closing it", link, len(frames), exc
@@ -293,13 +287,11 @@ class Socket:
                 peer = self.bridge.peer_of(link)
                 self._handle(peer, MessageDropped(peer, "out", "unsendable", len(frames)))
                 self.core.stats.drop("unsendable", peer, len(frames))
-                conn._proto.close(CloseCode.INTERNAL_ERROR, "unsendable frame")
-                continue
-            conn._proto.schedule_flush()
+                conn.close_nowait(CloseCode.INTERNAL_ERROR, "unsendable frame")
         for link in self.bridge.takeovers:
             old = self._links.get(link)
             if old is not None:
-                old._proto.close(CloseCode.GOING_AWAY, "session taken over by a new link")
+                old.close_nowait(CloseCode.GOING_AWAY, "session taken over by a new link")
         self.bridge.takeovers.clear()
         for peer, event in self.bridge.events():
             self._handle(peer, event)
@@ -317,14 +309,12 @@ class Socket:
         want = {link for peer in paused if (link := link_of(peer)) is not None}
         for link in want - self._read_paused:
             conn = self._links.get(link)
-            transport = None if conn is None else conn._proto.transport
-            if transport is not None and not transport.is_closing():
-                conn._proto._read_paused = True  # type: ignore[union-attr]
-                transport.pause_reading()
+            if conn is not None:
+                conn.pause_reading(True)
         for link in self._read_paused - want:
             conn = self._links.get(link)
             if conn is not None:
-                conn._proto.resume_reading()
+                conn.pause_reading(False)
         self._read_paused = want
 
     def _handle(self, peer: int | None, event: Event) -> None:
@@ -437,7 +427,7 @@ class Socket:
             if endpoint.task is not None:
                 endpoint.task.cancel()
         for conn in list(self._links.values()):
-            conn._proto.close(CloseCode.GOING_AWAY, "socket closing")
+            conn.close_nowait(CloseCode.GOING_AWAY, "socket closing")
         for endpoint in self._endpoints:
             if endpoint.task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
