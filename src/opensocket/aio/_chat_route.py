@@ -41,6 +41,10 @@ class RoutedClient:
         """True while the transport's buffer is over its high-water mark."""
         raise NotImplementedError
 
+    def stalled(self, now: float) -> str | None:
+        """Why to drop a client whose transport has taken nothing for too long, else None."""
+        return None
+
     def send_pending(self) -> None:
         """Write what ``write`` queued during this loop iteration (``Coalescer`` calls it)."""
         raise NotImplementedError

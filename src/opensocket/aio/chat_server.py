@@ -39,7 +39,7 @@ from ..protocol.frame import FrameType, frame_bytes
 from ._accept import Acceptor
 from ._chat_route import TRANSPORT_HIGH, Coalescer, RoutedClient
 from ._framed import Connection
-from .chat_web import HTTP_IDLE, Pinger, WebListener, WebProtocol, WsClient
+from .chat_web import HTTP_IDLE, Pinger, WebListener, WebProtocol, WsClient, normalize_origin
 from .server import Server
 
 if TYPE_CHECKING:
@@ -125,11 +125,15 @@ class ChatServer:
         http_idle: float = HTTP_IDLE,
         ws_ping: float | None = WS_PING,
         ws_ping_timeout: float = WS_PING_TIMEOUT,
+        allow_origins: Sequence[str] = (),
     ) -> None:
         """``ws_ping``: seconds between pings to WebSocket clients (None: no pings); one that
-        has not answered a ping within ``ws_ping_timeout`` s is dropped."""
+        has not answered a ping within ``ws_ping_timeout`` s is dropped. A browser's WebSocket
+        must come from the hub's own page (its Origin's host:port that of the Host header)
+        or from one of ``allow_origins`` (``https://host[:port]``; ``*`` for any)."""
         if (ws_ping is not None and ws_ping <= 0) or ws_ping_timeout <= 0:
             raise ConfigError("ws_ping and ws_ping_timeout must be positive (ws_ping None: off)")
+        self.allow_origins = frozenset(normalize_origin(o) for o in allow_origins)
         self.hub = hub or Hub(ChatOptions())
         self.http_idle = http_idle
         self.closing = False
@@ -383,7 +387,7 @@ class ChatServer:
         for client in list(self._backlog):
             if not len(client.queue) and not client.paused():
                 self._backlog.discard(client)
-            elif (reason := client.queue.check(now)) is not None:
+            elif (reason := client.queue.check(now) or client.stalled(now)) is not None:
                 self.slow(client, reason)
         if self._backlog:
             self._lag_timer = self.loop.call_later(LAG_TICK, self._check_lag)
@@ -421,6 +425,7 @@ async def serve_chat(
     node: str | None = None,
     ws_ping: float | None = WS_PING,
     ws_ping_timeout: float = WS_PING_TIMEOUT,
+    allow_origins: Sequence[str] = (),
 ) -> ChatServer:
     """Start a chat hub on native addresses ``listen`` and web addresses ``web``.
 
@@ -430,7 +435,8 @@ async def serve_chat(
     listeners alike; WebSocket clients are pinged every ``ws_ping`` s and dropped when one goes
     unanswered for ``ws_ping_timeout`` s. ``socket_options.reuse_port`` lets
     several hub processes listen on the same ports (SO_REUSEPORT; give each the same
-    ``redis`` so that they share rooms).
+    ``redis`` so that they share rooms). ``allow_origins`` lists the other sites whose pages
+    may open a WebSocket to the hub (``*``: any); the hub's own page always may.
     """
     if hub is None:
         options = options or ChatOptions()
@@ -440,7 +446,13 @@ async def serve_chat(
             hub = Hub(
                 options, RedisBackplane(), node=node or f"{socket.gethostname()}-{os.getpid()}"
             )
-    server = ChatServer(hub, policy=policy, ws_ping=ws_ping, ws_ping_timeout=ws_ping_timeout)
+    server = ChatServer(
+        hub,
+        policy=policy,
+        ws_ping=ws_ping,
+        ws_ping_timeout=ws_ping_timeout,
+        allow_origins=allow_origins,
+    )
     try:
         if redis is not None:
             server.use_redis(redis, tls=redis_tls)

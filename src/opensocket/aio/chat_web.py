@@ -14,11 +14,14 @@ import logging
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, cast
+from urllib.parse import urlsplit
 
 import h11
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -34,7 +37,7 @@ from wsproto.utilities import RemoteProtocolError
 from ..admission import Admission, Refusal
 from ..chat.metrics import render_metrics
 from ..chat.outgoing import Payload
-from ..errors import CloseCode
+from ..errors import CloseCode, ConfigError
 from ..options import ServerLimits
 from ..stats import ServerStats
 from ._accept import Early, detach_socket, screen
@@ -49,6 +52,8 @@ __all__ = [
     "WebListener",
     "WebProtocol",
     "WsClient",
+    "normalize_origin",
+    "origin_allowed",
     "ws_text_frame",
 ]
 
@@ -57,6 +62,15 @@ CLOSE_GRACE: Final = 5.0  # a closing client that does not read is aborted after
 HTTP_IDLE: Final = 15.0  # an HTTP connection (not yet a WebSocket) must send a request by then
 LINGER: Final = 1.0  # a refused client has this long to read why before its socket closes
 MAX_LINGERING: Final = 256  # beyond this many, refused sockets are closed at once (a flood)
+# The page's own headers: no MIME sniffing, no referrer, and no framing by other sites
+# (clickjacking: the page sends messages in the user's name).
+PAGE_HEADERS: Final = (
+    ("content-type", "text/html; charset=utf-8"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("content-security-policy", "frame-ancestors 'none'"),
+)
+_DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 
 def ws_text_frame(data: bytes) -> bytes:
@@ -86,6 +100,9 @@ class WebProtocol(asyncio.Protocol):
         self.client: WsClient | None = None
         self.request: h11.Request | None = None
         self.write_paused = False
+        self.paused_at = 0.0  # time.time() when writing last paused
+        self.pong: bytes | None = None  # the answer to the latest ping, held while paused
+        self.draining = False  # our close frame is out: reading until the peer's
         self.abort_later: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,12 +130,27 @@ class WebProtocol(asyncio.Protocol):
             self.server.gone(self.client, "connection closed" if exc is None else str(exc))
 
     def pause_writing(self) -> None:
+        # Input makes output (pongs, HTTP answers): a peer that does not read must not make
+        # the hub buffer without bound, so stop reading until it catches up.
         self.write_paused = True
+        self.paused_at = time.time()
+        if self.transport is not None and not self.draining:
+            self.transport.pause_reading()
+        if self.client is not None:
+            self.server.backlogged(self.client)  # stuck longer than max_lag: dropped as slow
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        pong, self.pong = self.pong, None
+        if pong is not None and self.ws is not None and self.ws.state is ConnectionState.OPEN:
+            transport.write(pong)  # never after our close frame
         if self.client is not None:
             self.client.flush()
+        if not self.write_paused:
+            transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.ws is not None:
@@ -172,7 +204,7 @@ class WebProtocol(asyncio.Protocol):
         if request.method not in (b"GET", b"HEAD"):
             self._respond(405, b"method not allowed\n", (("allow", "GET, HEAD"),))
         elif path == b"/":
-            self._respond(200, self.server.page, (("content-type", "text/html; charset=utf-8"),))
+            self._respond(200, self.server.page, PAGE_HEADERS)
         elif path == b"/metrics":
             text = render_metrics(self.server.hub.metrics()).encode()
             ctype = "text/plain; version=0.0.4; charset=utf-8"
@@ -196,12 +228,30 @@ class WebProtocol(asyncio.Protocol):
         self.transport.write(out)
 
     def close(self) -> None:
-        """Close after what is written (aborted if the peer does not read it in time)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-            if self.abort_later is not None:
-                self.abort_later.cancel()
-            self.abort_later = self.server.loop.call_later(CLOSE_GRACE, self.transport.abort)
+        """Close after what is written (aborted if the peer does not read it in time); a
+        WebSocket that had to stop reading first waits for the peer's close frame."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        ws = self.ws
+        if ws is not None and ws.state is ConnectionState.LOCAL_CLOSING and self.write_paused:
+            # Reading was paused, so input waits unread: a socket closed so is reset, and the
+            # reset can destroy our close frame (and the reason in it) before the peer reads
+            # it. Read (and drop) what the peer sends until its close frame instead.
+            if not self.draining:
+                self.draining = True
+                self._abort_in(CLOSE_GRACE)
+                transport.resume_reading()
+            return
+        transport.close()
+        if not self.draining:
+            self._abort_in(CLOSE_GRACE)
+
+    def _abort_in(self, delay: float) -> None:
+        assert self.transport is not None
+        if self.abort_later is not None:
+            self.abort_later.cancel()
+        self.abort_later = self.server.loop.call_later(delay, self.transport.abort)
 
     # --- WebSocket --------------------------------------------------------------------------
 
@@ -212,8 +262,29 @@ class WebProtocol(asyncio.Protocol):
         if self.abort_later is not None:
             self.abort_later.cancel()  # a WebSocket may idle; the hub and TCP watch it
             self.abort_later = None
+        origin = _header(request, b"origin")
+        if origin is not None and not origin_allowed(
+            origin, _header(request, b"host"), self.server.allow_origins
+        ):
+            # A browser page from another site (cross-site WebSocket hijacking): the
+            # browser sends the user's cookies and network position with it, so refuse.
+            log.info("refused a WebSocket from origin %r", origin.decode("latin-1")[:200])
+            self._respond(403, b"origin not allowed: see --allow-origin\n")
+            self.close()
+            return
         ws = self.ws = WSConnection(ConnectionType.SERVER)
-        ws.initiate_upgrade_connection(list(request.headers), request.target)
+        try:
+            ws.initiate_upgrade_connection(list(request.headers), request.target)
+        except RemoteProtocolError as exc:  # e.g. no Sec-WebSocket-Key or -Version
+            self.ws = None
+            version = _header(request, b"sec-websocket-version")
+            if version is not None and version.strip() != b"13":  # RFC 6455 4.4
+                body = b"bad websocket handshake: this hub speaks WebSocket version 13\n"
+                self._respond(426, body, (("sec-websocket-version", "13"),))
+            else:
+                self._respond(400, f"bad websocket handshake: {exc}\n".encode())
+            self.close()
+            return
         for event in ws.events():
             if not isinstance(event, Request):
                 continue
@@ -235,24 +306,96 @@ class WebProtocol(asyncio.Protocol):
         try:
             ws.receive_data(data)
             for event in ws.events():
-                if isinstance(event, (TextMessage, BytesMessage)) and client is not None:
-                    client.fragment(event.data, event.message_finished)
-                elif isinstance(event, Ping):
-                    self.transport.write(ws.send(event.response()))
-                elif isinstance(event, Pong) and client is not None:
-                    client.ping_sent = None
-                elif isinstance(event, CloseConnection):
-                    with contextlib.suppress(Exception):
+                if isinstance(event, CloseConnection):
+                    if ws.state is ConnectionState.REMOTE_CLOSING:  # else it answers ours
                         self.transport.write(ws.send(event.response()))
                     self.close()
                     return
+                if ws.state is not ConnectionState.OPEN:
+                    continue  # we closed: the rest is dropped until the peer's close frame
+                if isinstance(event, (TextMessage, BytesMessage)) and client is not None:
+                    client.fragment(event.data, event.message_finished)
+                elif isinstance(event, Ping):
+                    self._answer_ping(ws.send(event.response()))
+                elif isinstance(event, Pong) and client is not None:
+                    client.ping_sent = None
         except RemoteProtocolError as exc:
             # The peer broke the WebSocket protocol (e.g. invalid UTF-8 in a text frame).
             code = int(getattr(exc.event_hint, "code", CloseCode.PROTOCOL_ERROR) or 1002)
-            if client is not None:
+            if client is not None and not client.closing and ws.state is ConnectionState.OPEN:
                 client.close(code, str(exc))
             else:
-                self.close()
+                self.transport.close()  # broken again while closing: no more waiting
+
+    def _answer_ping(self, pong: bytes) -> None:
+        assert self.transport is not None
+        if self.write_paused:
+            # RFC 6455 5.5.3: answering only the latest ping is enough; a ping flood from a
+            # peer that does not read costs one pong, not a pong per ping.
+            self.pong = pong
+        else:
+            self.transport.write(pong)
+
+
+def _header(request: h11.Request, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), or None."""
+    for key, value in request.headers:
+        if key == name:  # h11 lower-cases header names
+            return bytes(value)
+    return None
+
+
+def _host_port(scheme: str, netloc: str) -> tuple[str, int] | None:
+    """``host[:port]`` as (host, port), the port defaulting to the scheme's (None if bad)."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or parts.username is not None or parts.path:
+        return None
+    default = _DEFAULT_PORTS.get(scheme)
+    if port is None and default is None:
+        return None
+    return parts.hostname.lower(), port if port is not None else cast(int, default)
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in one canonical form (lower case, explicit port), or ``*``.
+
+    Raises ConfigError for anything else (a path, a user name, an unknown scheme).
+    """
+    if origin == "*":
+        return origin
+    scheme, sep, netloc = origin.strip().rstrip("/").partition("://")
+    scheme = scheme.lower()
+    where = _host_port(scheme, netloc) if sep and scheme in ("http", "https") else None
+    if where is None:
+        raise ConfigError(
+            f"{origin!r} is not an origin: give SCHEME://HOST[:PORT] as a browser sends it "
+            "(e.g. https://chat.example.com or http://127.0.0.1:8080), or * for any"
+        )
+    host = f"[{where[0]}]" if ":" in where[0] else where[0]
+    return f"{scheme}://{host}:{where[1]}"
+
+
+def origin_allowed(origin: bytes, host: bytes | None, allowed: frozenset[str]) -> bool:
+    """True if a WebSocket upgrade from ``origin`` may go on: the same host:port as the
+    request's Host header (a missing port is the origin scheme's default), or listed in
+    ``allowed`` (normalized origins, ``*`` for any)."""
+    if "*" in allowed:
+        return True
+    text = origin.decode("latin-1")
+    try:
+        canonical = normalize_origin(text)
+    except ConfigError:
+        return False  # "null" (sandboxed frames, file: pages) and garbage
+    if canonical in allowed:
+        return True
+    scheme, _, netloc = text.partition("://")
+    scheme = scheme.lower()
+    mine = _host_port(scheme, host.decode("latin-1")) if host else None
+    return mine is not None and mine == _host_port(scheme, netloc.rstrip("/"))
 
 
 class WsClient(RoutedClient):
@@ -292,6 +435,12 @@ class WsClient(RoutedClient):
 
     def paused(self) -> bool:
         return self.proto.write_paused
+
+    def stalled(self, now: float) -> str | None:
+        proto = self.proto
+        if not proto.write_paused:
+            return None
+        return self.server.policy.decide(0, 0, now - proto.paused_at)
 
     def write(self, chunks: list[bytes]) -> None:
         pending = self.pending

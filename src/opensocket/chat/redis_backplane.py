@@ -34,6 +34,7 @@ __all__ = [
     "meta_from_hash",
     "meta_to_hash",
     "parse_redis_url",
+    "redact_url",
 ]
 
 PREFIX: Final = "chat:"
@@ -113,26 +114,44 @@ _REDIS_HELP: Final = (
 )
 
 
+def redact_url(url: str) -> str:
+    """``url`` with the password in its user info shown as ``***`` (for errors and logs)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    # The last "@" ends the user info, even when a careless password holds "/" or "@":
+    # hiding too much is better than showing a password.
+    userinfo, at, host_and_path = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{host_and_path}"
+
+
 def parse_redis_url(url: str) -> RedisTarget:
     """A ``redis://`` or ``rediss://`` URL as a RedisTarget (ConfigError if unusable)."""
-    parts = urlsplit(url)
+    shown = redact_url(url)  # errors go to terminals and logs: never the password
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
+        raise ConfigError(f"{shown!r}: {exc}: {_REDIS_HELP}") from None
     try:
         port = parts.port or 6379
     except ValueError:
-        raise ConfigError(f"{url!r}: the port must be a number from 1 to 65535") from None
+        raise ConfigError(f"{shown!r}: the port must be a number from 1 to 65535") from None
     if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError(f"{url!r} is not a Redis address: {_REDIS_HELP}")
+        raise ConfigError(f"{shown!r} is not a Redis address: {_REDIS_HELP}")
     if not parts.hostname:
-        raise ConfigError(f"{url!r} has no host: {_REDIS_HELP}")
+        raise ConfigError(f"{shown!r} has no host: {_REDIS_HELP}")
     path = parts.path.strip("/")
     if not path:
         db = 0
     elif path.isdigit() and len(path) < 6:
         db = int(path)
     else:
-        raise ConfigError(f"{url!r}: the database must be a number like /0 or /3, not {path!r}")
+        raise ConfigError(f"{shown!r}: the database must be a number like /0 or /3, not {path!r}")
     if parts.query or parts.fragment:
-        raise ConfigError(f"{url!r}: options after ? or # are not supported: {_REDIS_HELP}")
+        raise ConfigError(f"{shown!r}: options after ? or # are not supported: {_REDIS_HELP}")
     return RedisTarget(
         host=parts.hostname,
         port=port,

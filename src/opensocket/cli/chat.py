@@ -44,7 +44,7 @@ from ..chat.events import (
     Welcome,
     WhoList,
 )
-from ..errors import ConfigError, ConnectionClosed
+from ..errors import AddressError, ConfigError, ConnectionClosed, OpenSocketError
 from ._common import (
     add_tls_args,
     check_positive,
@@ -141,6 +141,19 @@ def configure_client(parser: argparse.ArgumentParser) -> None:
 
 def execute_client(args: argparse.Namespace) -> int:
     """Run the client (full-screen, or line mode with --plain) until /quit or a lost link."""
+    try:
+        return _execute(args)
+    except (AddressError, ConfigError):
+        raise
+    except OpenSocketError as exc:
+        # The message may quote the hub (a close reason, a refusal), and main() prints it.
+        text = str(exc)
+        if clean(text) == text:
+            raise
+        raise OpenSocketError(clean(text)) from exc
+
+
+def _execute(args: argparse.Namespace) -> int:
     addr = _check(args)
     if args.plain:
         return aio.run(_plain(args, addr))
@@ -210,7 +223,7 @@ async def _plain(args: argparse.Namespace, addr: Address) -> int:
     if error is not None and not isinstance(error, ConnectionClosed):
         raise error
     if error is not None:
-        print(f"opensocket chat: {error}", file=sys.stderr)
+        print(f"opensocket chat: {clean(str(error))}", file=sys.stderr)  # has the hub's reason
         return 1
     if not typing.done() or typing.cancelled():
         print("opensocket chat: the hub closed the connection", file=sys.stderr)
@@ -229,7 +242,7 @@ def _print(line: str) -> None:
 
 
 def _complain(message: str) -> None:
-    print(f"opensocket chat: {message}", file=sys.stderr, flush=True)
+    print(f"opensocket chat: {clean(message)}", file=sys.stderr, flush=True)
 
 
 def _stdin_lines() -> asyncio.Queue[str | None]:
@@ -397,8 +410,14 @@ def clean(text: str, *, newlines: bool = False) -> str:
     return _ESCAPES.sub("", text).translate(_LINES if newlines else _CONTROLS)
 
 
+# JSON escapes only U+0000-U+001F: C1 controls (some terminals act on them), bidi controls
+# (they reorder what a terminal shows) and the Unicode line separators get \uXXXX too.
+_JSON_UNSAFE: Final = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
 def _json_line(event: Event) -> str:
-    return json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _text_line(event: Event) -> str:

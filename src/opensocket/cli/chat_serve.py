@@ -15,8 +15,9 @@ from typing import Any, Final
 from .. import aio
 from ..address import Address, parse_address
 from ..aio.chat_server import ChatServer, serve_chat
+from ..aio.chat_web import normalize_origin
 from ..chat import ChatOptions, SlowClientPolicy
-from ..chat.redis_backplane import RedisTarget, parse_redis_url
+from ..chat.redis_backplane import RedisTarget, parse_redis_url, redact_url
 from ..errors import AddressInUse, ConfigError
 from ..http.server import http_address
 from ..options import SocketOptions, TLSOptions
@@ -48,6 +49,7 @@ examples:
   opensocket chat serve --listen 'tls://*:7443' --web 'https://*:8443' \\
       --tls-cert c.pem --tls-key k.pem
   opensocket chat serve --operator-token-file op.token --history 100
+  opensocket chat serve --web 'http://*:8070' --allow-origin https://chat.example.com
   opensocket chat serve --backplane redis://127.0.0.1:6379/0 --node hub-1
   opensocket chat serve --reuse-port --backplane redis://127.0.0.1:6379/0   # run it N times
 
@@ -184,6 +186,14 @@ def _add_hub_args(parser: argparse.ArgumentParser) -> None:
         help="drop a WebSocket client that has not answered a ping after this long "
         f"(default: {PING_TIMEOUT:g})",
     )
+    hub.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept WebSockets from pages of this site (e.g. https://chat.example.com), "
+        "repeatable; * accepts any site (default: the hub's own page only)",
+    )
 
 
 def _add_backplane_args(parser: argparse.ArgumentParser) -> None:
@@ -287,7 +297,7 @@ def _backplane(args: argparse.Namespace) -> tuple[RedisTarget | None, TLSOptions
         if tls_flags:
             raise ConfigError(
                 f"--backplane-{tls_flags[0]} applies to rediss:// (TLS) only: use "
-                f"rediss://{args.backplane.split('://', 1)[1]}"
+                f"rediss://{redact_url(args.backplane).split('://', 1)[-1]}"
             )
         return target, None
     if bool(args.backplane_cert) != bool(args.backplane_key):
@@ -326,6 +336,8 @@ def _run(args: argparse.Namespace) -> int:
     check_at_least(args.ws_ping, "--ws-ping", 0)
     check_positive(args.ws_ping_timeout, "--ws-ping-timeout")
     policy = SlowClientPolicy(max_messages=args.slow_messages, max_lag=args.slow_lag)
+    for origin in args.allow_origin:
+        normalize_origin(origin)  # a typo is a usage error now, not a refused browser later
     redis, redis_tls = _backplane(args)
     tls = tls_from(args, server=True)
     limits = limits_from(args)
@@ -352,6 +364,7 @@ def _run(args: argparse.Namespace) -> int:
                 node=args.node,
                 ws_ping=args.ws_ping or None,
                 ws_ping_timeout=args.ws_ping_timeout,
+                allow_origins=args.allow_origin,
             )
             try:
                 _announce(args, server, redis, password=options.password is not None)
