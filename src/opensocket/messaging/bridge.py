@@ -243,6 +243,12 @@ class Bridge:
 
     # ---- timers ----------------------------------------------------------------------
 
+    def ack_now(self, now: float) -> None:
+        """Every session acknowledges what it received, without waiting for ``ack_delay``."""
+        for peer, session in self.sessions.items():
+            session.ack_now()
+            self._drain(peer, session, now)
+
     def get_timer(self) -> float | None:
         """The earliest timer of the pattern and the sessions."""
         if not self.sessions:

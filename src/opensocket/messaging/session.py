@@ -174,6 +174,12 @@ class Session:
             ack = self._acked_now()
         return encode(env, seq, ack)
 
+    def ack_now(self) -> None:
+        """Acknowledge at once what arrived since the last ACK (before closing, so that the
+        peer does not count delivered messages as undelivered)."""
+        if self.last_received > self._ack_sent:
+            self._out.append(encode(_ACK_ONLY, None, self._acked_now()))
+
     def _acked_now(self) -> int:
         self._ack_sent = self.last_received
         self._ack_due = None

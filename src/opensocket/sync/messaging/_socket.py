@@ -599,6 +599,8 @@ class Socket:
             undelivered = self.unsettled()
             if undelivered:
                 log.warning("%s socket closed with %d undelivered", self.pattern, undelivered)
+            self.bridge.ack_now(_now())  # the peers' lingers end with what we received
+            self._pump()
             self._closing = True
             self._closed = True
             self._abort_pending()
