@@ -16,6 +16,7 @@ import ssl
 import struct
 import time
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import urlsplit
 
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("opensocket.chat")
+_STATUSES: Final = frozenset(s.value for s in HTTPStatus)  # reason phrases h11 leaves out
 CLOSE_GRACE: Final = 5.0  # a closing client that does not read is aborted after this
 HTTP_IDLE: Final = 15.0  # an HTTP connection (not yet a WebSocket) must send a request by then
 LINGER: Final = 1.0  # a refused client has this long to read why before its socket closes
@@ -221,7 +223,8 @@ class WebProtocol(asyncio.Protocol):
         if "content-type" not in dict(headers):
             head.append(("content-type", "text/plain; charset=utf-8"))
         is_head = self.request is not None and self.request.method == b"HEAD"
-        out = self.http.send(h11.Response(status_code=status, headers=head)) or b""
+        reason = HTTPStatus(status).phrase.encode() if status in _STATUSES else b""
+        out = self.http.send(h11.Response(status_code=status, headers=head, reason=reason)) or b""
         if not is_head:
             out += self.http.send(h11.Data(data=body)) or b""
         out += self.http.send(h11.EndOfMessage()) or b""

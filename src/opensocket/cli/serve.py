@@ -17,7 +17,7 @@ from .chat_serve import execute as execute_hub
 __all__ = ["HELP", "NAME", "configure", "execute"]
 
 NAME: Final = "serve"
-HELP: Final = "run the chat hub (browsers and terminals in the same rooms) on loopback"
+HELP: Final = "run the chat hub: browsers and terminals in the same rooms (loopback by default)"
 
 _EPILOG: Final = f"""\
 starts the chat hub: native clients on {DEFAULT_LISTEN}, the browser page, WebSocket and
