@@ -257,6 +257,7 @@ async def test_a_foreign_origin_is_refused_the_own_page_and_no_origin_are_not(
         with pytest.raises(InvalidStatus, match="403"):
             await ws_connect(url, origin=origin)  # type: ignore[arg-type]
     assert not hub.clients
+    assert hub.hub.counters.drops.get("web origin refused") == 4  # visible in /metrics
     for origin in (f"http://127.0.0.1:{port}", f"HTTP://127.0.0.1:{port}/", None):
         async with ws_connect(url, origin=origin) as ws:  # type: ignore[arg-type]
             await ws.send(json.dumps({"type": "hello", "nick": "home"}))

@@ -272,6 +272,7 @@ class WebProtocol(asyncio.Protocol):
             # A browser page from another site (cross-site WebSocket hijacking): the
             # browser sends the user's cookies and network position with it, so refuse.
             log.info("refused a WebSocket from origin %r", origin.decode("latin-1")[:200])
+            self.server.hub.record_drop("web origin refused")
             self._respond(403, b"origin not allowed: see --allow-origin\n")
             self.close()
             return
