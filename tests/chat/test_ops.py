@@ -219,7 +219,7 @@ async def test_hub_process_reads_secrets_from_env_and_file(tmp_path: Path) -> No
     )
     try:
         info = await hub.start()
-        assert info["terminal"].endswith("--nick NAME --password PASSWORD")
+        assert info["terminal"].endswith("--nick NAME --room lobby --password PASSWORD")
         with open(f"/proc/{hub.proc.pid}/cmdline", "rb") as handle:  # type: ignore[union-attr]
             cmdline = handle.read()
         assert b"door-password" not in cmdline

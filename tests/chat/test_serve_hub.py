@@ -66,7 +66,7 @@ async def test_banner_for_password_unix_and_backplane(sock_path: str) -> None:
         info = banner(srv, parse_redis_url("redis://:secret@10.0.0.1:6379/2"), password=True)
         assert (
             info["terminal"]
-            == f"opensocket chat unix://{sock_path} --nick NAME --password PASSWORD"
+            == f"opensocket chat unix://{sock_path} --nick NAME --room lobby --password PASSWORD"
         )
         assert 'password="PASSWORD"' in info["python"][1]
         assert info["backplane"] == "redis://:***@10.0.0.1:6379/2"
@@ -87,7 +87,7 @@ def test_banner_for_tls_and_wildcard_listeners() -> None:
 
     info = banner(Fake())  # type: ignore[arg-type]
     assert info["native"] == ["tls://[::]:7443"]  # where it listens, as bound
-    assert info["terminal"] == "opensocket chat tls://127.0.0.1:7443 --nick NAME"  # reachable
+    assert info["terminal"] == "opensocket chat tls://127.0.0.1:7443 --nick NAME --room lobby"
     assert 'tls=opensocket.TLSOptions(ca_file="ca.pem")' in info["python"][1]
     assert info["page"] == "https://127.0.0.1:8443/"  # not the unix socket: a browser URL
     assert info["metrics"] == ["https://127.0.0.1:8443/metrics"]

@@ -98,7 +98,7 @@ async def test_serve_is_the_hub_and_its_banner_says_how_to_join(spawn: Any) -> N
     native = _find(banner, r"  native clients  (tcp://127\.0\.0\.1:\d+)   .*codec json\)")[1]
     page = _find(banner, r"  web             (http://127\.0\.0\.1:\d+/)   \(WebSocket .*\)")[1]
     assert f"  in a browser:    open {page} and pick a nick" in banner
-    assert f"  in a terminal:   opensocket chat {native} --nick NAME" in banner
+    assert f"  in a terminal:   opensocket chat {native} --nick NAME --room lobby" in banner
     assert f"  metrics:         curl {page}metrics" in banner
     snippet = [line for line in banner if ">>> " in line]
     assert snippet[0] == "    >>> import opensocket.chat"
@@ -134,7 +134,7 @@ def test_serve_json_banner_and_sigint(spawn: Any) -> None:
     assert native.startswith("tcp://127.0.0.1:")
     assert info["websocket"] == [page.replace("http://", "ws://") + "ws"]
     assert info["metrics"] == [page + "metrics"]
-    assert info["terminal"] == f"opensocket chat {native} --nick NAME"
+    assert info["terminal"] == f"opensocket chat {native} --nick NAME --room lobby"
     assert info["python"][1].startswith(f'client = await opensocket.chat.Client.connect("{native}"')
     assert info["backplane"] is None
     client = run_cli("chat", native, "--nick", "carol", "--plain", input=b"/quit\n")

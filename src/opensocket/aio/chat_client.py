@@ -28,6 +28,7 @@ from ..chat.client_state import (
     RETRYABLE,
     ChatState,
     hello_failed,
+    not_connected,
     room_key,
 )
 from ..chat.commands import (
@@ -90,6 +91,7 @@ class ChatClient:
         self._ready = asyncio.Event()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._closing = False
+        self._ended: BaseException | None = None  # why the client stopped, told to senders
         self._reader: asyncio.Task[None] | None = None
         self.reconnects = 0
 
@@ -138,9 +140,12 @@ class ChatClient:
         command = self.state.command(command)
         while self._conn is None:
             if self._closing or self._reader is None or self._reader.done():
-                raise ConnectionClosedError(CloseCode.NORMAL, "the chat client is not connected")
+                raise self._not_connected()
             await self._ready.wait()
         await self._conn.send(command.to_dict())
+
+    def _not_connected(self) -> OpenSocketError:
+        return not_connected(self._ended, closing=self._closing)
 
     async def join(self, room: str, password: str | None = None) -> None:
         """Join (or create) ``room``; the client rejoins it after a reconnect."""
@@ -343,6 +348,7 @@ class ChatClient:
         return None
 
     def _finish(self, exc: BaseException) -> None:
+        self._ended = exc
         self._ready.set()  # senders waiting for a reconnect give up
         if self._closing or (
             isinstance(exc, ConnectionClosed)

@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Final
 
 from ..errors import (
+    CloseCode,
     ConnectError,
     ConnectionClosed,
+    ConnectionClosedError,
     ConnectionRejected,
+    OpenSocketError,
     OperationTimeout,
     ProtocolError,
 )
@@ -24,6 +27,7 @@ __all__ = [
     "RETRYABLE",
     "ChatState",
     "hello_failed",
+    "not_connected",
     "room_key",
 ]
 
@@ -32,6 +36,15 @@ HELLO_TIMEOUT: Final = 10.0
 QUIT_TIMEOUT: Final = 5.0
 # failures after which trying again may work (the hub is restarting, the network is back)
 RETRYABLE: Final = (ConnectError, ConnectionClosed, OperationTimeout, ProtocolError, OSError)
+
+
+def not_connected(ended: BaseException | None, *, closing: bool) -> OpenSocketError:
+    """Why a command cannot be sent: the reason the client stopped (the hub lost for good,
+    a refusal), or that it is closed or between connections."""
+    if not closing and isinstance(ended, OpenSocketError):
+        return ended
+    reason = "the chat client is closed" if closing else "the chat client is not connected"
+    return ConnectionClosedError(CloseCode.NORMAL, reason)
 
 
 def room_key(room: str) -> str:

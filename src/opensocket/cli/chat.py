@@ -105,7 +105,13 @@ A lost connection is re-established (rooms rejoined) unless --no-reconnect.
 Exit status: 0 after /quit or the end of stdin, 1 connection lost for good (or refused by the
 hub: nick taken, bad password, banned), 2 bad options (or no terminal without --plain).
 """
-LINE_COMMANDS: Final = ("join", "leave", "nick", "msg", "me", "who", "rooms", "topic", "quit")
+LINE_COMMANDS: Final = (
+    "join", "leave", "nick", "msg", "me", "who", "rooms", "topic", "quit", "help"
+)  # fmt: skip
+COMMAND_HELP: Final = (
+    "/join ROOM [PASSWORD]  /leave [ROOM] [REASON]  /nick NAME  /msg NICK TEXT  /me TEXT  "
+    "/who [ROOM]  /rooms  /topic [TEXT]  /quit [REASON]  (//text says /text)"
+)
 
 
 def configure_client(parser: argparse.ArgumentParser) -> None:
@@ -181,7 +187,10 @@ def _check(args: argparse.Namespace) -> Address:
         if not valid_room(room, 32):
             raise ConfigError(f"--room {room}: a room is 1-32 letters, digits, _ . - (a # allowed)")
     if not valid_nick(args.nick, 24):
-        raise ConfigError(f"--nick {args.nick}: a nick is 1-24 letters, digits or _-[]{{}}|^`")
+        raise ConfigError(
+            f"--nick {args.nick}: a nick is 1-24 characters, a letter first, then letters, "
+            "digits or _-[]{}|^`"
+        )
     return addr
 
 
@@ -332,6 +341,8 @@ class CommandLine:
             raise LineError(f"unknown command /{name}; commands: /" + " /".join(LINE_COMMANDS))
         if name == "quit":
             return rest
+        if name == "help":
+            raise LineError(COMMAND_HELP)  # reported where errors go, like any answer here
         await getattr(self, "do_" + name)(rest)
         return None
 

@@ -408,7 +408,7 @@ def banner(
     }
     if first is not None:
         extra = " --password PASSWORD" if password else ""
-        info["terminal"] = f"opensocket chat {first} --nick NAME{extra}"
+        info["terminal"] = f"opensocket chat {first} --nick NAME --room lobby{extra}"
         options = f'"{first}", nick="bot", rooms=["lobby"]'
         if password:
             options += ', password="PASSWORD"'

@@ -87,7 +87,7 @@ examples:
   opensocket echo tcp://127.0.0.1:9000                    # type lines, see the echoes
   opensocket echo tcp://127.0.0.1:9000 --count 5 --interval 0.2 --message hello
   printf 'a\\nb\\n' | opensocket echo tcp://127.0.0.1:9000 --json
-  opensocket echo tcp://127.0.0.1:9000 --codec json       # to a server started with --codec json
+  opensocket echo tcp://127.0.0.1:9000 --codec json       # JSON payloads (echo serve accepts them)
   opensocket echo tcp://127.0.0.1:9001 --raw              # line-oriented raw stream
   opensocket echo udp://127.0.0.1:9002 --count 3
   opensocket echo rudp://127.0.0.1:9004 --codec json      # reliable UDP

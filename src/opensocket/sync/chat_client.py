@@ -21,7 +21,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from ..address import Address
-from ..chat.client_state import HELLO_TIMEOUT, QUIT_TIMEOUT, RETRYABLE, ChatState, hello_failed
+from ..chat.client_state import (
+    HELLO_TIMEOUT,
+    QUIT_TIMEOUT,
+    RETRYABLE,
+    ChatState,
+    hello_failed,
+    not_connected,
+)
 from ..chat.commands import (
     Ban,
     Command,
@@ -84,6 +91,7 @@ class ChatClient:
         self._stop = threading.Event()  # set by close(): ends the reconnect wait at once
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closing = False
+        self._ended: BaseException | None = None  # why the client stopped, told to senders
         self._reader: threading.Thread | None = None
 
     @classmethod
@@ -137,8 +145,11 @@ class ChatClient:
         self._ready.wait(self._give_up)
         conn = self._conn
         if conn is None:
-            raise ConnectionClosedError(CloseCode.NORMAL, "the chat client is not connected")
+            raise self._not_connected()
         conn.send(command.to_dict())
+
+    def _not_connected(self) -> OpenSocketError:
+        return not_connected(self._ended, closing=self._closing)
 
     def join(self, room: str, password: str | None = None) -> None:
         """Join (or create) ``room``; the client rejoins it after a reconnect."""
@@ -343,6 +354,7 @@ class ChatClient:
         return None
 
     def _finish(self, exc: BaseException) -> None:
+        self._ended = exc
         self._ready.set()  # senders waiting for a reconnect give up
         if self._closing or (
             isinstance(exc, ConnectionClosed)
