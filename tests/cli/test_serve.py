@@ -141,6 +141,9 @@ def test_serve_json_banner_and_sigint(spawn: Any) -> None:
     assert client.returncode == 0, client.stderr
     assert b"as carol" in client.stdout  # the line-mode client's welcome line
     assert server.stop(signal.SIGINT) == 0
+    stopped = server.json_line()  # what the hub did, as one JSON event
+    assert stopped["event"] == "stopped"
+    assert stopped["connections"] == 1 and stopped["drops"] == 0
 
 
 def test_serve_help_is_the_hub_help(capsys: pytest.CaptureFixture[str]) -> None:

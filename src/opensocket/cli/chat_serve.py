@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Any, Final
 
 from .. import aio
@@ -17,6 +18,7 @@ from ..address import Address, parse_address
 from ..aio.chat_server import ChatServer, serve_chat
 from ..aio.chat_web import normalize_origin
 from ..chat import ChatOptions, SlowClientPolicy
+from ..chat.metrics import ChatCounters
 from ..chat.redis_backplane import RedisTarget, parse_redis_url, redact_url
 from ..errors import AddressInUse, ConfigError
 from ..http.server import http_address
@@ -366,14 +368,38 @@ def _run(args: argparse.Namespace) -> int:
                 ws_ping_timeout=args.ws_ping_timeout,
                 allow_origins=args.allow_origin,
             )
+            started = time.monotonic()
             try:
                 _announce(args, server, redis, password=options.password is not None)
                 await stop.wait()
             finally:
                 await server.close()
+                _report_stop(args, server.hub.counters, time.monotonic() - started)
 
     aio.run(main(), use_uvloop=not args.no_uvloop)
     return 0
+
+
+def _report_stop(args: argparse.Namespace, counters: ChatCounters, seconds: float) -> None:
+    """One line (or JSON event) saying what the hub did, as the other servers do at exit."""
+    connections = sum(counters.connections_total.values())
+    summary = {
+        "event": "stopped",
+        "seconds": round(seconds, 1),
+        "connections": connections,
+        "messages_in": counters.messages_in,
+        "events_out": counters.events_out,
+        "drops": sum(counters.drops.values()),
+    }
+    if args.json:
+        print_json(summary)
+        return
+    print(
+        f"chat hub stopped after {seconds:.1f}s: {connections} connection"
+        f"{'' if connections == 1 else 's'}, {counters.messages_in} messages in, "
+        f"{counters.events_out} events out, {summary['drops']} dropped",
+        flush=True,
+    )
 
 
 def _announce(
