@@ -440,6 +440,7 @@ def test_cli_rejects_bad_options() -> None:
     configure(parser, "chat serve")
     for argv, message in (
         (["--listen", "udp://127.0.0.1:1"], "tcp://, tls:// or unix://"),
+        (["--listen", "http://127.0.0.1:1"], "the page and WebSocket go on --web"),
         (["--web", "https://127.0.0.1:0"], "--tls-cert and --tls-key"),
         (["--backplane", "redis://h:1/x"], "the database must be a number"),
         (["--backplane", "http://h:1"], "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"),

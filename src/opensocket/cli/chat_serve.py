@@ -271,11 +271,16 @@ def _chat_options(args: argparse.Namespace) -> ChatOptions:
 
 
 def _addresses(args: argparse.Namespace) -> tuple[list[Address], list[Address]]:
-    listen = [parse_address(u) for u in args.listen or [DEFAULT_LISTEN]]
     web = [http_address(u) for u in args.web or [DEFAULT_WEB]]
-    for addr in listen:
-        if addr.scheme not in ("tcp", "tls", "unix"):
-            raise ConfigError(f"--listen {addr}: use tcp://, tls:// or unix:// (chat is a stream)")
+    listen = []
+    for url in args.listen or [DEFAULT_LISTEN]:
+        scheme = url.partition("://")[0] if "://" in url else "tcp"
+        if scheme not in ("tcp", "tls", "unix"):
+            hint = " (the page and WebSocket go on --web)" if scheme in ("http", "https") else ""
+            raise ConfigError(
+                f"--listen {url}: use tcp://, tls:// or unix:// (chat is a stream){hint}"
+            )
+        listen.append(parse_address(url))
     if any(a.is_tls for a in listen + web) and not (args.tls_cert and args.tls_key):
         raise ConfigError("tls:// and https:// addresses need --tls-cert and --tls-key")
     return listen, web
