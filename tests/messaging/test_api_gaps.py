@@ -242,3 +242,28 @@ async def test_a_waiting_handler_sees_errors_of_what_it_awaits_and_close_cancels
     with pytest.raises(RequestAborted):  # and its requester is told, not left hanging
         await pending
     await req.close()
+
+
+def test_answer_turns_an_oversized_reply_into_an_error_reply_that_fits() -> None:
+    limit = 1000
+    net = Net()
+    req, rep = RequesterCore(), ReplierCore()
+    net.join(req, rep)
+    rep.max_size = limit
+    rid = req.request(b"q", 0)
+    net.pump()
+    event = next(e for e in rep.events() if isinstance(e, RequestReceived))
+    rep.answer(event.peer, event.id, b"x" * limit, 0)  # too big for a plain reply
+    net.pump()
+    reply = next(e for e in req.events() if isinstance(e, ReplyReceived))
+    assert reply.id == rid and reply.error
+    assert b"maximum frame size of 1000" in reply.payload
+    assert rep.outstanding == 0  # answered
+
+
+def test_peer_frame_limit_lowers_the_send_limit_only_with_sessions() -> None:
+    for sessions, expected in ((None, 4096), (SessionOptions(), 2048)):
+        core = PusherCore()
+        core.max_size = 4096
+        Bridge(core, sessions=sessions).peer_frame_limit(2048)
+        assert core.max_size == expected

@@ -243,6 +243,14 @@ class Bridge:
 
     # ---- timers ----------------------------------------------------------------------
 
+    def peer_frame_limit(self, limit: int) -> None:
+        """A link's peer accepts frames up to ``limit`` bytes. With sessions, what is sent must
+        fit every peer's limit (a session would replay a refused message after every
+        reconnection); without, a link that cannot take a message drops it (counted) and the
+        others still get it."""
+        if self.options and self.core.max_size is not None:
+            self.core.max_size = min(self.core.max_size, limit)
+
     def ack_now(self, now: float) -> None:
         """Every session acknowledges what it received, without waiting for ``ack_delay``."""
         for peer, session in self.sessions.items():

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from ..errors import ConfigError, QueueFull, RequestAborted, RequestTimeout
+from ..errors import ConfigError, FrameTooLarge, QueueFull, RequestAborted, RequestTimeout
 from ._base import ENVELOPE_OVERHEAD, PatternCore
 from .envelope import Envelope, Kind, MetaFlags
 from .events import ReplyReceived, RequestFailed, RequestReceived
@@ -382,6 +382,20 @@ class Replier(PatternCore):
             ids.discard(rid)
             self._answered(peer, ids)
         return outcome
+
+    def answer(
+        self, peer: int, rid: int, payload: bytes, now: float, *, error: bool = False
+    ) -> Outcome | None:
+        """``reply`` as a runtime sends it: an error text is cut to fit, and a reply over the
+        size limit becomes an error reply saying so (the requester must hear either way)."""
+        if error:
+            payload = self.fit_error(payload)
+        try:
+            return self.reply(peer, rid, payload, now, error=error)
+        except FrameTooLarge as exc:
+            if error:
+                raise
+            return self.reply(peer, rid, self.fit_error(str(exc).encode()), now, error=True)
 
     def fit_error(self, text: bytes) -> bytes:
         """An error reply's text cut to what surely fits in one frame (a requester must

@@ -11,7 +11,6 @@ from typing import Any
 from ...errors import (
     CloseCode,
     ConnectionClosed,
-    FrameTooLarge,
     OpenSocketError,
     QueueFull,
     ReadTimeout,
@@ -289,19 +288,8 @@ class ReplierSocket(Socket):
         await self._send_reply(peer, rid, payload, error)
 
     async def _send_reply(self, peer: int, rid: int, payload: bytes, error: bool) -> None:
-        if error:
-            payload = self.core.fit_error(payload)
-        while True:
-            if self._closed:
-                return
-            try:
-                outcome = self.core.reply(peer, rid, payload, self.loop.time(), error=error)
-            except FrameTooLarge as exc:
-                if error:
-                    raise
-                # The requester must hear about it, or it would wait for its deadline.
-                payload, error = self.core.fit_error(str(exc).encode()), True
-                continue
+        while not self._closed:
+            outcome = self.core.answer(peer, rid, payload, self.loop.time(), error=error)
             if outcome is not Outcome.WOULD_BLOCK:
                 self.kick()
                 return

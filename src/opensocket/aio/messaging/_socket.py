@@ -191,11 +191,8 @@ class Socket:
         now = self.loop.time()
         self._links[link] = conn
         peer_max = conn.peer_max_frame_size
-        if peer_max is not None and self.core.max_size is not None and self.bridge.options:
-            # A session would replay a message its peer refuses after every reconnection:
-            # with sessions, what is sent must fit every peer's limit. Without, a link that
-            # cannot take a message drops it (counted) and the others still get it.
-            self.core.max_size = min(self.core.max_size, peer_max)
+        if peer_max is not None:
+            self.bridge.peer_frame_limit(peer_max)
         # tuples are cheaper than Frames and the bridge takes them; frames the peer sent right
         # after the handshake are already in the inbox
         early = conn.set_pattern_receiver(lambda items: self._receive(link, items))

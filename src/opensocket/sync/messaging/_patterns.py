@@ -12,7 +12,6 @@ from typing import Any
 from ...errors import (
     CloseCode,
     ConnectionClosed,
-    FrameTooLarge,
     OpenSocketError,
     QueueFull,
     ReadTimeout,
@@ -291,18 +290,9 @@ class ReplierSocket(Socket):
         self._send_reply(peer, rid, payload, error)
 
     def _send_reply(self, peer: int, rid: int, payload: bytes, error: bool) -> None:
-        if error:
-            payload = self.core.fit_error(payload)
         with self._lock:
             while not self._closed:
-                try:
-                    outcome = self.core.reply(peer, rid, payload, _now(), error=error)
-                except FrameTooLarge as exc:
-                    if error:
-                        raise
-                    # The requester must hear about it, or it would wait for its deadline.
-                    payload, error = self.core.fit_error(str(exc).encode()), True
-                    continue
+                outcome = self.core.answer(peer, rid, payload, _now(), error=error)
                 self._pump()
                 if outcome is not Outcome.WOULD_BLOCK:
                     return

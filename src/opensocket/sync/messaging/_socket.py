@@ -311,11 +311,8 @@ class Socket:
     def _fit_peer_limit(self, flink: FramedLink) -> None:
         """With sessions, lower the send-time size limit to this peer's frame limit."""
         agreement = flink.core.agreement
-        if agreement is not None and self.core.max_size is not None and self.bridge.options:
-            # A session would replay a message its peer refuses after every reconnection:
-            # with sessions, what is sent must fit every peer's limit. Without, a link that
-            # cannot take a message drops it (counted) and the others still get it.
-            self.core.max_size = min(self.core.max_size, agreement.peer_max_frame_size)
+        if agreement is not None:
+            self.bridge.peer_frame_limit(agreement.peer_max_frame_size)
 
     def _receive(self, link: _Link, items: list[bytes | Frame]) -> None:
         """Frames from the link's reader thread (replaces FramedLink._deliver)."""
