@@ -52,11 +52,27 @@ def live() -> Iterator[tuple[Live, str]]:
         yield counter, str(server.addresses[0])
 
 
+@pytest.fixture
+def pools() -> Iterator[Callable[..., Pool]]:
+    """Make pools that are closed at teardown, so a failed test leaves no reaper thread
+    behind to fail the leak checks of the tests after it."""
+    made: list[Pool] = []
+
+    def make(url: str, **kwargs: object) -> Pool:
+        pool = Pool(url, **kwargs)  # type: ignore[arg-type]
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.close(wait=1)
+
+
 def test_twenty_threads_never_more_than_max_size_connections(
-    no_leaks: None, live: tuple[Live, str]
+    no_leaks: None, live: tuple[Live, str], pools: Callable[..., Pool]
 ) -> None:
     counter, url = live
-    pool = Pool(url, max_size=4, idle_timeout=30, acquire_timeout=10)
+    pool = pools(url, max_size=4, idle_timeout=30, acquire_timeout=10)
     start = threading.Barrier(20)
     errors: queue.Queue[BaseException] = queue.Queue()
 
@@ -85,10 +101,10 @@ def test_twenty_threads_never_more_than_max_size_connections(
 
 
 def test_exhausted_after_the_acquire_timeout_then_a_returned_one_is_handed_on(
-    live: tuple[Live, str],
+    live: tuple[Live, str], pools: Callable[..., Pool]
 ) -> None:
     _, url = live
-    pool = Pool(url, max_size=2, acquire_timeout=0.1)
+    pool = pools(url, max_size=2, acquire_timeout=0.1)
     held = [pool.acquire(), pool.acquire()]
     with pytest.raises(PoolExhausted, match=r"within 0\.1s \(all 2 in use\)") as info:
         pool.acquire()
@@ -109,9 +125,11 @@ def test_exhausted_after_the_acquire_timeout_then_a_returned_one_is_handed_on(
     pool.close()
 
 
-def test_dead_connection_is_replaced_on_checkout(live: tuple[Live, str]) -> None:
+def test_dead_connection_is_replaced_on_checkout(
+    live: tuple[Live, str], pools: Callable[..., Pool]
+) -> None:
     counter, url = live
-    pool = Pool(url, max_size=1, acquire_timeout=5)
+    pool = pools(url, max_size=1, acquire_timeout=5)
     with pool.connection() as first:
         first.send(b"a")
         assert first.recv(timeout=5) == b"a"
@@ -158,9 +176,11 @@ def test_silent_peer_fails_the_ping_and_is_replaced() -> None:
     assert first.wait_closed(5) and second.wait_closed(5)
 
 
-def test_ping_health_check_keeps_a_live_connection(live: tuple[Live, str]) -> None:
+def test_ping_health_check_keeps_a_live_connection(
+    live: tuple[Live, str], pools: Callable[..., Pool]
+) -> None:
     counter, url = live
-    pool = Pool(url, max_size=1, ping_after=0.0, ping_timeout=5)
+    pool = pools(url, max_size=1, ping_after=0.0, ping_timeout=5)
     try:
         with pool.connection() as first:
             pass
@@ -172,9 +192,11 @@ def test_ping_health_check_keeps_a_live_connection(live: tuple[Live, str]) -> No
         pool.close()
 
 
-def test_idle_connections_are_closed_after_idle_timeout(live: tuple[Live, str]) -> None:
+def test_idle_connections_are_closed_after_idle_timeout(
+    live: tuple[Live, str], pools: Callable[..., Pool]
+) -> None:
     counter, url = live
-    pool = Pool(url, max_size=3, idle_timeout=0.2)
+    pool = pools(url, max_size=3, idle_timeout=0.2)
     conns = [pool.acquire() for _ in range(3)]
     counter.wait_for(lambda: counter.open == 3)
     for conn in conns:
@@ -186,23 +208,27 @@ def test_idle_connections_are_closed_after_idle_timeout(live: tuple[Live, str]) 
     pool.close()
 
 
-def test_min_size_opens_at_start_and_survives_idle_expiry(live: tuple[Live, str]) -> None:
+def test_min_size_opens_at_start_and_survives_idle_expiry(
+    live: tuple[Live, str], pools: Callable[..., Pool]
+) -> None:
     counter, url = live
-    pool = Pool(url, max_size=3, min_size=1, idle_timeout=0.05)
+    pool = pools(url, max_size=3, min_size=1, idle_timeout=0.05)
     assert pool.stats.created == 1 and pool.stats.idle == 1
     extra = [pool.acquire(), pool.acquire()]  # the kept one and a new one
+    # The server's handler threads start on their own: wait until both count as open,
+    # or "one open" below could be seen before the second ever was.
+    counter.wait_for(lambda: counter.open == 2)
     for conn in extra:
         pool.release(conn)
     counter.wait_for(lambda: counter.open == 1)  # one expired, min_size kept
     assert pool.stats.idle == 1 and pool.stats.closed == 1
-    pool.close()
 
 
 def test_close_closes_everything_and_later_checkouts_fail(
-    no_leaks: None, live: tuple[Live, str]
+    no_leaks: None, live: tuple[Live, str], pools: Callable[..., Pool]
 ) -> None:
     counter, url = live
-    pool = Pool(url, max_size=2, idle_timeout=30, acquire_timeout=10)
+    pool = pools(url, max_size=2, idle_timeout=30, acquire_timeout=10)
     a, b = pool.acquire(), pool.acquire()
     counter.wait_for(lambda: counter.open == 2)
     blocked, blocked_result = in_thread(pool.acquire)  # the pool is full: it waits
@@ -222,10 +248,10 @@ def test_close_closes_everything_and_later_checkouts_fail(
 
 
 def test_close_does_not_wait_forever_for_a_checked_out_connection(
-    live: tuple[Live, str],
+    live: tuple[Live, str], pools: Callable[..., Pool]
 ) -> None:
     counter, url = live
-    pool = Pool(url, max_size=2)
+    pool = pools(url, max_size=2)
     kept = pool.acquire()
     pool.close(wait=0.05)  # the holder never returns it in time: closed anyway
     assert kept.wait_closed(5)
