@@ -364,6 +364,8 @@ def test_hostile_text_is_shown_as_text(hub: Hub, open_page: Any) -> None:
         peer.expect("message", nick="mallory")
         login(page, hub, "frank")  # the line above comes back as history
         expect(log(page).locator(".line.history .text")).to_have_text(["before: " + HOSTILE])
+        rows = log(page).evaluate("l => [...l.children].map(n => n.className)")
+        assert rows.index("line message history") < rows.index("line join"), rows  # time reads down
         peer.send({"type": "say", "room": "lobby", "text": HOSTILE})
         peer.send({"type": "topic", "room": "lobby", "topic": "<b>bold</b><img src=x>"})
         peer.send({"type": "msg", "to": "frank", "text": HOSTILE})
