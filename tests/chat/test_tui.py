@@ -119,6 +119,23 @@ def test_line_mode_text_is_safe_too() -> None:
     assert all(ch.isprintable() for ch in line)
 
 
+def test_line_mode_marks_history_with_its_time() -> None:
+    ts = time.mktime((2026, 11, 21, 9, 5, 0, 0, 0, -1))
+    history = History(
+        room="r",
+        messages=(
+            Message(room="r", nick="bob", text="hi", ts=ts),
+            Action(room="r", nick="eve\x1b[2J", text="waves", ts=ts),
+        ),
+    )
+    assert _text_line(history).split("\n") == [
+        "[r] (09:05 earlier) <bob> hi",
+        "[r] (09:05 earlier) * eve waves",
+    ]
+    live = _text_line(Message(room="r", nick="bob", text="hi", ts=ts))
+    assert live == "[r] <bob> hi"  # a live line has no time: it was said just now
+
+
 def test_view_renders_hostile_events_without_escapes() -> None:
     view = joined_view()
     view.event(Message(room="lobby", nick="eve" + HOSTILE, text=HOSTILE, ts=NOW), NOW)

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -434,9 +435,16 @@ def _json_line(event: Event) -> str:
 def _text_line(event: Event) -> str:
     """One event as a line of text for people (and grep); peers' text made safe."""
     if isinstance(event, History):
-        return "\n".join(_text_line(m) for m in event.messages) or f"[{event.room}] (no history)"
+        return "\n".join(map(_replayed, event.messages)) or f"[{event.room}] (no history)"
     text = _TEXT.get(type(event))
     return clean(text(event)) if text is not None else _json_line(event)
+
+
+def _replayed(message: Message | Action) -> str:
+    """A line of a room's history, marked with its time so it does not read as said now."""
+    room = f"[{message.room}] "
+    when = time.strftime("%H:%M", time.localtime(message.ts))
+    return clean(f"{room}({when} earlier) " + _TEXT[type(message)](message).removeprefix(room))
 
 
 def _why(reason: str | None) -> str:
