@@ -110,3 +110,23 @@ async def test_tls_broker_process_with_a_secret_from_the_environment(tmp_path: P
             await sock.close(linger=0.5)
     stopped = json.loads(out)
     assert stopped["event"] == "stopped" and stopped["forwarded"] == 1
+
+
+async def test_text_banner_says_where_and_how_to_stop() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "broker", "--mode", "pubsub", "--front", LOCAL, "--back", LOCAL,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(10):
+            first = (await proc.stdout.readline()).decode()
+            second = (await proc.stdout.readline()).decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            rest = (await proc.stdout.read()).decode()
+            assert await proc.wait() == 0
+    assert first.startswith("pubsub broker: front tcp://127.0.0.1:") and ", back tcp://" in first
+    assert second == "press Ctrl-C to stop\n"
+    assert rest  # the stop summary

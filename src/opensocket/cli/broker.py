@@ -176,6 +176,7 @@ def _banner(
     extra = f", balance {balance}" if args.mode == "reqrep" else ""
     auth = ", shared secret required" if info["secret"] else ""
     print(f"{args.mode} broker: front {front}, back {back}{extra}{auth}", flush=True)
+    print("press Ctrl-C to stop", flush=True)
 
 
 def _summary(broker: Broker) -> dict[str, Any]:
