@@ -28,22 +28,24 @@ from ..errors import AddressError, ConfigError, OpenSocketError
 
 __all__ = ["UsageError", "build_parser", "main", "parse_args", "report_failure", "run"]
 
+# In the order of the top-level help: the hub and its client first, then the servers and
+# clients people build on, then the troubleshooting tools.
 COMMANDS = (
     "serve",
+    "chat",
     "echo",
     "connect",
     "listen",
-    "cert",
+    "broker",
     "http",
     "send",
     "receive",
+    "cert",
     "scan",
     "ping",
     "stat",
     "bench",
     "proxy",
-    "chat",
-    "broker",
 )
 _MODULES = {
     "connect": "pipe",
