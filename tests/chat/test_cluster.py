@@ -107,6 +107,17 @@ def test_nick_change_and_quit_cross_hubs() -> None:
     assert c.n1.take("a")[0]["nicks"] == ["alice"]
 
 
+def test_reap_takes_a_dead_nodes_user_out_of_its_rooms() -> None:
+    c = _two_users()
+    assert c.n2.hub.reap("BOB", ["r"], c.n2.now) == []  # a user of our own is alive
+    assert c.n1.hub.reap("carol", [], c.n1.now) == []  # in no room: nothing to say
+    c.n1.apply(c.n1.hub.reap("bob", ["r"], c.n1.now))  # n1 found bob left behind by n2
+    quit = {"type": "quit", "nick": "bob", "ts": 1000.0, "reason": "their hub stopped"}
+    assert c.n1.take_all() == {"a": [quit]}
+    assert c.backplane.members("r") == ["alice"]
+    assert c.n1.hub.metrics().ghosts == 1
+
+
 def test_operator_on_one_hub_kicks_and_bans_on_the_other() -> None:
     c = _two_users()
     c.n2.login("c", "carol", ip="10.9.9.9")

@@ -64,6 +64,7 @@ def test_metrics_page_after_activity() -> None:
     assert samples[("opensocket_chat_drops_total", "slow")] == 2
     assert samples[("opensocket_chat_bans_total", "")] == 0
     assert samples[("opensocket_chat_backplane_up", "")] == 1
+    assert samples[("opensocket_chat_backplane_ghosts_total", "")] == 0
     assert samples[("opensocket_chat_messages_out_total", "")] == h.hub.counters.events_out
     for name, (kind, _) in families.items():
         assert name.startswith("opensocket_chat_")
@@ -75,4 +76,4 @@ def test_label_values_are_escaped() -> None:
     families, samples = parse(render_metrics(counters))
     assert samples[("opensocket_chat_drops_total", 'a \\"quoted\\"\\\\path\\nx')] == 3
     assert samples[("opensocket_chat_backplane_up", "")] == 0
-    assert len(families) == 17
+    assert len(families) == 18

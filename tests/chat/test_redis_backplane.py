@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -82,7 +83,9 @@ async def redis_server(free_port: int, tmp_path: Path) -> AsyncIterator[RedisSer
 class Node:
     """One hub with its own RedisBackplane and link; its clients' inboxes in ``h``."""
 
-    def __init__(self, name: str, port: int, heartbeat: float = 20.0) -> None:
+    def __init__(
+        self, name: str, port: int, heartbeat: float = 20.0, nick_ttl: float = 60.0
+    ) -> None:
         self.h = Harness(hub=Hub(ChatOptions(operator_token=TOKEN), RedisBackplane(), node=name))
         self.bp = self.h.hub.backplane
         assert isinstance(self.bp, RedisBackplane)
@@ -93,7 +96,17 @@ class Node:
             clock=lambda: self.h.now,
             retry_max=0.1,
             heartbeat=heartbeat,
+            nick_ttl=nick_ttl,
         )
+
+    async def crash(self) -> None:
+        """Stop the link the way a killed process does: nothing released, nothing said."""
+        task, self.link._task = self.link._task, None
+        assert task is not None
+        self.link._closing = True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def until(predicate: Callable[[], bool], *nodes: Node, timeout: float = 5.0) -> None:
@@ -322,6 +335,48 @@ async def test_heartbeat_renews_and_restores_own_nicks(
     finally:
         await node.link.aclose()
     assert await redis.get("chat:nick:alice") is None  # released on close
+
+
+async def test_a_hub_that_dies_leaves_no_ghosts_and_frees_its_nicks(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    fast = {"heartbeat": 0.05, "nick_ttl": 0.3}
+    n1, n2, n3 = (Node(name, redis_server.port, **fast) for name in ("n1", "n2", "n3"))
+    for node in (n1, n2, n3):
+        node.link.start()
+    try:
+        await until(lambda: n1.link.up and n2.link.up and n3.link.up, n1, n2, n3)
+        await two_users(n1, n2)  # alice on n1, bob on n2, in room r
+        n3.h.login("c", "carol")
+        n3.h.join("c", "r")
+        n2.h.login("d", "dave")  # in no room: only his nick is left behind
+        await until(lambda: n1.bp.members("r") == ["alice", "bob", "carol"], n1)
+        await until(lambda: n1.bp.nick_owner("dave") == "n2", n1)
+        n1.h.take_all()
+        n3.h.take_all()
+        await n2.crash()  # killed: bob stays listed in r, dave and bob stay taken
+        gone = {"type": "quit", "nick": "bob", "ts": 1000.0, "reason": "their hub stopped"}
+        for node, client in ((n1, "a"), (n3, "c")):
+            await until(lambda node=node: node.bp.members("r") == ["alice", "carol"], node)
+            await until(lambda node=node, c=client: bool(node.h.inbox[c]), node)
+            assert node.h.take(client) == [gone]  # one notice, from one node
+            await until(lambda node=node: node.bp.nick_owner("dave") is None, node)
+        await n1.link.flush()
+        await n3.link.flush()
+        assert await redis.hgetall("chat:room:r:members") == {"alice": "alice", "carol": "carol"}
+        assert n1.h.hub.metrics().ghosts + n3.h.hub.metrics().ghosts == 1
+        n1.h.login("b2", "bob")  # the nicks are free again
+        n3.h.login("d2", "dave")
+        await n1.link.flush()
+        await n3.link.flush()
+        assert await redis.get("chat:nick:bob") == "n1"
+        assert await redis.get("chat:nick:dave") == "n3"
+        beats = n1.link.heartbeats
+        await until(lambda: n1.link.heartbeats >= beats + 3, n1)
+        assert n1.bp.members("r") == ["alice", "carol"] and not n1.h.inbox["a"]  # live: kept
+    finally:
+        for node in (n1, n3):
+            await node.link.aclose()
 
 
 async def test_missing_redis_server_fails_with_install_hint(

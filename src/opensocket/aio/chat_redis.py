@@ -134,6 +134,7 @@ class RedisLink:
         tls: TLSOptions | None = None,
         clock: Callable[[], float] = time.time,
         heartbeat: float = 20.0,
+        nick_ttl: float = NICK_TTL_MS / 1000,
         retry_min: float = 0.05,
         retry_max: float = 2.0,
         connect_timeout: float = 2.0,
@@ -151,6 +152,8 @@ class RedisLink:
         self.last_error = ""  # why the last attempt failed (for logs and tests)
         self.clock = clock
         self.heartbeat = heartbeat
+        self.nick_ttl_ms = max(1, round(nick_ttl * 1000))
+        self._suspects: set[str] = set()  # others' nick keys Redis lacked at the last sweep
         self.retry_min, self.retry_max = retry_min, retry_max
         self.connect_timeout = connect_timeout
         self.outages = 0  # how many times Redis went away (for logs and tests)
@@ -383,7 +386,13 @@ class RedisLink:
             if op.name == "claim":
                 claims.append((len(pipe), op.key))
                 pipe.eval(
-                    _CLAIM, 1, nick_key_name(op.key), node, NICK_TTL_MS, CHANNEL, op.state or ""
+                    _CLAIM,
+                    1,
+                    nick_key_name(op.key),
+                    node,
+                    self.nick_ttl_ms,
+                    CHANNEL,
+                    op.state or "",
                 )
                 continue  # the script announces a won claim itself
             _queue_write(pipe, op, node)
@@ -399,9 +408,44 @@ class RedisLink:
         while True:
             await asyncio.sleep(self.heartbeat)  # a period, not a wait for an event
             keys = [nick_key_name(key) for key in self.backplane.own_nicks()]
-            await client.eval(_RENEW, len(keys), *keys, self.hub.node, NICK_TTL_MS)
+            await client.eval(_RENEW, len(keys), *keys, self.hub.node, self.nick_ttl_ms)
+            await self._sweep(client)
             self.heartbeats += 1
             self._notify()
+
+    async def _sweep(self, client: Redis) -> None:
+        """Clear what a node that stopped without a goodbye (killed, crashed, cut off for
+        longer than the nick TTL) left behind: its nicks, expired in Redis but still in our
+        mirror (nobody could take them), and its users' room memberships (ghosts in every
+        member list), with a quit notice. A key counts as gone when it is missing at two
+        sweeps in a row, so a Redis restart that its owner repairs at once does not; one
+        node (the first to set ``chat:reap:<nick>``) announces each ghost."""
+        others = self.backplane.others_nicks()
+        keys = list(others)
+        before = {key: self.backplane.nick_owner(key) for key in keys}
+        owners = await client.mget([nick_key_name(key) for key in keys]) if keys else []
+        missing = {key for key, owner in zip(keys, owners, strict=True) if owner is None}
+        gone, self._suspects = missing & self._suspects, missing - self._suspects
+        if not gone:
+            return
+        won = set()
+        for key in sorted(gone):
+            lock = f"{PREFIX}reap:{key}"
+            if await client.set(lock, self.hub.node, nx=True, px=self.nick_ttl_ms):
+                won.add(key)
+        now, ghosts = self.clock(), 0
+        for key in gone:
+            if self.backplane.nick_owner(key) != before[key]:
+                continue  # claimed (or released) while we asked: not a ghost
+            rooms = self.backplane.rooms_with(key)
+            self.backplane.forget_nick(key)
+            if key in won and rooms:
+                self._emit(self.hub.reap(others[key], rooms, now))
+                ghosts += 1
+        if ghosts:
+            log.warning(
+                "removed %d user(s) left in rooms by a hub that stopped without a goodbye", ghosts
+            )
 
 
 def _ssl_arguments(tls: TLSOptions | None) -> dict[str, Any]:

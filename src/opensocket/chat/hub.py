@@ -244,6 +244,19 @@ class Hub:
                 out += self._rename_guest(session, now, listed=False)
         return out
 
+    def reap(self, nick: str, rooms: Iterable[str], now: float) -> list[Outgoing]:
+        """Another node stopped without saying goodbye: take its user ``nick`` out of
+        ``rooms`` (room keys), with a quit notice to their members on every node."""
+        keys = tuple(rooms)
+        if nick_key(nick) in self.nicks or not keys:
+            return []  # a user of ours is alive by definition
+        self.counters.ghosts += 1
+        notice = QuitNotice(nick=nick, ts=_ts(now), reason="their hub stopped")
+        out = self._broadcast(keys, notice)
+        for key in keys:
+            self.backplane.remove_member(key, nick)
+        return out
+
     def nick_lost(self, key: str, now: float) -> list[Outgoing]:
         """The backplane says another node won nick ``key``: rename the local holder to a
         guest nick (an optimistic claim that lost a race, e.g. to a Redis ``SET NX``)."""

@@ -28,6 +28,7 @@ class ChatCounters:
     remote_in: int = 0
     remote_out: int = 0
     remote_bad: int = 0
+    ghosts: int = 0
     rooms: int = 0
     users: int = 0
     backplane_up: int = 1
@@ -69,6 +70,13 @@ FAMILIES: Final = (
     ("backplane_in_total", "counter", "Envelopes received from other nodes.", "remote_in", ""),
     ("backplane_out_total", "counter", "Envelopes published to other nodes.", "remote_out", ""),
     ("backplane_bad_total", "counter", "Envelopes that failed to parse.", "remote_bad", ""),
+    (
+        "backplane_ghosts_total",
+        "counter",
+        "Users removed from rooms because their hub stopped without saying so.",
+        "ghosts",
+        "",
+    ),
     ("backplane_up", "gauge", "1 while the backplane is reachable, else 0.", "backplane_up", ""),
 )
 

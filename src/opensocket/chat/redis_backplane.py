@@ -250,6 +250,26 @@ class RedisBackplane(Backplane):
         """The nick keys this node holds (for the heartbeat that renews them)."""
         return [key for key, owner in self.nicks.items() if owner == self.node]
 
+    def others_nicks(self) -> dict[str, str]:
+        """Nick key -> nick of every nick the mirror credits to another node or lists as a
+        room member without our holding it: what the heartbeat checks against Redis."""
+        found = {key: key for key, owner in self.nicks.items() if owner != self.node}
+        for room in self.rooms_.values():
+            for key, nick in room.members.items():
+                if self.nicks.get(key) != self.node:
+                    found[key] = nick
+        return found
+
+    def rooms_with(self, key: str) -> list[str]:
+        """The keys of the rooms nick ``key`` is a member of."""
+        return [name for name, room in self.rooms_.items() if key in room.members]
+
+    def forget_nick(self, key: str) -> None:
+        """Drop another node's nick that Redis no longer holds (the node stopped without
+        releasing it and the key expired), so that the nick can be taken again."""
+        if self.nicks.get(key) not in (None, self.node):
+            del self.nicks[key]
+
     # --- results and remote changes, applied by the runtime ---------------------------------
 
     def claim_result(self, key: str, owner: str | None) -> bool:
