@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -271,7 +272,8 @@ async def test_outage_keeps_local_users_served_then_resyncs(
     n1, n2 = nodes
     await two_users(n1, n2)
     n1.h.cmd("a", "lock", room="r", password="pw")
-    await until(lambda: bool(n2.h.inbox["b"]), n2)
+    n1.h.cmd("a", "say", room="r", text="before the outage")
+    await until(lambda: texts(n2.h.inbox["b"]) == ["before the outage"], n2)
     n1.h.take_all()
     n2.h.take_all()
     await redis_server.kill()
@@ -281,9 +283,11 @@ async def test_outage_keeps_local_users_served_then_resyncs(
     # local users keep talking; a new local user registers and joins the locked room
     n1.h.login("c", "carol")
     n1.h.join("c", "r", password="pw")
+    n2.h.now = n1.h.now = 1001.0
     n1.h.cmd("c", "say", room="r", text="during the outage")
     assert texts(n1.h.take("a")) == ["during the outage"]
     n1.h.take("c")
+    n2.h.now = 1002.0
     n2.h.cmd("b", "say", room="r", text="bob alone")
     assert texts(n2.h.take("b")) == ["bob alone"]
     await redis_server.start()  # empty: no persistence
@@ -302,6 +306,13 @@ async def test_outage_keeps_local_users_served_then_resyncs(
     assert (await redis.hgetall("chat:room:r"))["password"]  # still locked
     nick_owners = {k: await redis.get(f"chat:nick:{k}") for k in ("alice", "bob", "carol")}
     assert nick_owners == {"alice": "n1", "bob": "n2", "carol": "n1"}
+    # Redis came back empty: the lines both hubs showed are put back once, each side's
+    # outage lines too, and every mirror holds what Redis holds
+    stored = [json.loads(line)["text"] for line in await redis.lrange("chat:room:r:history", 0, -1)]
+    said = ["before the outage", "during the outage", "bob alone"]
+    assert sorted(stored) == sorted(said)
+    for node in (n1, n2):
+        assert [entry["text"] for entry in node.bp.history("r")] == said  # in time order
     # the cluster works again, and nobody got the other side's outage messages
     n1.h.cmd("a", "say", room="r", text="back")
     await until(lambda: bool(n2.h.inbox["b"]), n2)

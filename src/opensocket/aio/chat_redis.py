@@ -70,6 +70,14 @@ for _, key in ipairs(KEYS) do
   elseif not owner then redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) end
 end
 """
+# Put back a history line Redis lost, unless a node that showed it too already did.
+_RESTORE = """
+if redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local meta = cjson.decode(ARGV[2])
@@ -328,6 +336,7 @@ class RedisLink:
         }
         lost = self.backplane.load(nicks, rooms, history, bans)
         self._set_up(True)
+        self.backplane.restore_history()
         for key, meta in lost.items():
             if key in self.hub.rooms:  # our users are still in it: bring it back as it was
                 self.backplane.create_room(key, meta)
@@ -494,6 +503,9 @@ def _queue_write(pipe: Any, op: Op, node: str) -> None:
         entry, limit = op.args
         pipe.rpush(history, entry)
         pipe.ltrim(history, -limit, -1)
+    elif op.name == "restore":
+        entry, limit, state = op.args
+        pipe.eval(_RESTORE, 1, history, entry, limit, CHANNEL, state)
     elif op.name == "ban":
         pipe.sadd(ban_key_name(op.args[0]), op.key)
     elif op.name == "unban":

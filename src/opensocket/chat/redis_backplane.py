@@ -13,6 +13,7 @@ serving local users and the runtime re-derives the writes with ``Hub.resync`` wh
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import deque
 from collections.abc import Callable
@@ -42,8 +43,8 @@ CHANNEL: Final = "chat:events"  # envelopes and state messages, in publish order
 NICK_TTL_MS: Final = 60_000  # a crashed node's nicks expire within a minute
 IDLE_HISTORY_S: Final = 7 * 24 * 3600  # history of an empty unlocked room, instead of an LRU
 
-OpName = Literal["claim", "release", "create", "update", "join", "part", "history", "ban", "unban",
-                 "publish"]  # fmt: skip
+OpName = Literal["claim", "release", "create", "update", "join", "part", "history", "restore",
+                 "ban", "unban", "publish"]  # fmt: skip
 
 
 def nick_key_name(key: str) -> str:
@@ -225,6 +226,7 @@ class RedisBackplane(Backplane):
         self.rooms_: dict[str, _Room] = {}
         self.history_: dict[str, deque[dict[str, Any]]] = {}
         self.bans: set[tuple[str, str]] = set()
+        self._restore: list[Op] = []  # history Redis lacked at the last load, to write back
         self.wakeup: Callable[[], None] | None = None  # the runtime's writer, told of new ops
 
     # --- the queue --------------------------------------------------------------------------
@@ -302,7 +304,11 @@ class RedisBackplane(Backplane):
         elif op == "part":
             self._remove(key, str(message["nick"]))
         elif op == "history":
-            self._append(key, message["entry"], int(message["limit"]))
+            entry = message["entry"]
+            if not message.get("restored"):
+                self._append(key, entry, int(message["limit"]))
+            elif entry not in self.history_.get(key, ()):  # else we put it back ourselves
+                self._insert(key, entry, int(message["limit"]))
         elif op == "ban":
             self.bans.add((str(message["list"]), key))
         elif op == "unban":
@@ -322,9 +328,37 @@ class RedisBackplane(Backplane):
         lost = {k: room.meta for k, room in self.rooms_.items() if k not in rooms}
         self.nicks = {k: v for k, v in nicks.items() if v != self.node}
         self.rooms_ = {k: _Room(meta, dict(members)) for k, (meta, members) in rooms.items()}
-        self.history_ = {k: deque(v) for k, v in history.items()}
+        # in time order: lines put back by several nodes reach Redis in any order
+        old, self.history_ = (
+            self.history_,
+            {k: deque(sorted(v, key=_when)) for k, v in history.items()},
+        )
         self.bans = set(bans)
+        self._restore = []
+        for key, ring in old.items():
+            self._keep(key, ring, history.get(key, []))
         return lost
+
+    def _keep(self, key: str, ring: deque[dict[str, Any]], stored: list[dict[str, Any]]) -> None:
+        """Lines we showed that Redis lacks (said here during an outage, or all of them after
+        a restart without persistence) go back into the mirror and, by ``restore_history``,
+        into Redis; older than Redis's oldest line means trimmed there, not lost."""
+        limit = ring.maxlen or len(ring)
+        have = {_dumps(entry) for entry in stored}
+        oldest = min(_when(entry)[0] for entry in stored) if stored else None
+        for entry in ring:
+            text = _dumps(entry)
+            if text in have or (oldest is not None and _when(entry)[0] < oldest):
+                continue
+            self._insert(key, entry, limit)
+            state = self._state("history", key, entry=entry, limit=limit, restored=True)
+            self._restore.append(Op("restore", key, (text, limit, state)))
+
+    def restore_history(self) -> None:
+        """Queue the write-back found by the last ``load`` (call once Redis is up)."""
+        ops, self._restore = self._restore, []
+        for op in ops:
+            self._queue(op)
 
     # --- Backplane --------------------------------------------------------------------------
 
@@ -424,13 +458,19 @@ class RedisBackplane(Backplane):
             return
         self._append(key, entry, limit)
         state = self._state("history", key, entry=entry, limit=limit)
-        self._queue(Op("history", key, (json.dumps(entry, separators=(",", ":")), limit), state))
+        self._queue(Op("history", key, (_dumps(entry), limit), state))
 
     def _append(self, key: str, entry: dict[str, Any], limit: int) -> None:
         ring = self.history_.get(key)
         if ring is None or ring.maxlen != limit:
             ring = self.history_[key] = deque(ring or (), maxlen=limit)
         ring.append(entry)
+
+    def _insert(self, key: str, entry: dict[str, Any], limit: int) -> None:
+        """Add a line put back after an outage at its place in time."""
+        lines = list(self.history_.get(key, ()))
+        bisect.insort(lines, entry, key=_when)
+        self.history_[key] = deque(lines, maxlen=limit)  # the oldest go if it is full
 
     def history(self, key: str) -> list[dict[str, Any]]:
         """A room's history, oldest first."""
@@ -456,3 +496,14 @@ class RedisBackplane(Backplane):
     def publish(self, envelope: Envelope) -> None:
         """Queue an envelope for the other nodes (dropped while Redis is down)."""
         self._queue(Op("publish", state=encode_envelope(envelope)))
+
+
+def _dumps(entry: dict[str, Any]) -> str:
+    """A history line as stored in Redis (the same text for the same line, for comparing)."""
+    return json.dumps(entry, separators=(",", ":"))
+
+
+def _when(entry: dict[str, Any]) -> tuple[float, str]:
+    """Time order of history lines; the text breaks ties, so every node agrees."""
+    ts = entry.get("ts")
+    return (ts if isinstance(ts, int | float) else 0.0, _dumps(entry))
