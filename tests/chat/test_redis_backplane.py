@@ -274,6 +274,9 @@ async def test_outage_keeps_local_users_served_then_resyncs(
     n1.h.cmd("a", "lock", room="r", password="pw")
     n1.h.cmd("a", "say", room="r", text="before the outage")
     await until(lambda: texts(n2.h.inbox["b"]) == ["before the outage"], n2)
+    n1.h.join("a", "idle")
+    n1.h.cmd("a", "say", room="idle", text="in a room nobody is in any more")
+    n1.h.cmd("a", "leave", room="idle")  # its history idles out in Redis: not to come back
     n1.h.take_all()
     n2.h.take_all()
     await redis_server.kill()
@@ -313,6 +316,7 @@ async def test_outage_keeps_local_users_served_then_resyncs(
     assert sorted(stored) == sorted(said)
     for node in (n1, n2):
         assert [entry["text"] for entry in node.bp.history("r")] == said  # in time order
+    assert not await redis.exists("chat:room:idle:history", "chat:room:idle")
     # the cluster works again, and nobody got the other side's outage messages
     n1.h.cmd("a", "say", room="r", text="back")
     await until(lambda: bool(n2.h.inbox["b"]), n2)

@@ -336,10 +336,10 @@ class RedisLink:
         }
         lost = self.backplane.load(nicks, rooms, history, bans)
         self._set_up(True)
-        self.backplane.restore_history()
         for key, meta in lost.items():
             if key in self.hub.rooms:  # our users are still in it: bring it back as it was
                 self.backplane.create_room(key, meta)
+        self.backplane.restore_history()
 
     def _resync(self) -> None:
         self.resyncs += 1

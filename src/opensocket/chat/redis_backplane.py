@@ -355,10 +355,13 @@ class RedisBackplane(Backplane):
             self._restore.append(Op("restore", key, (text, limit, state)))
 
     def restore_history(self) -> None:
-        """Queue the write-back found by the last ``load`` (call once Redis is up)."""
+        """Queue the write-back found by the last ``load``, for rooms that exist (call once
+        Redis is up and lost rooms are re-created): an idle room's history expired in Redis
+        on purpose and stays gone."""
         ops, self._restore = self._restore, []
         for op in ops:
-            self._queue(op)
+            if op.key in self.rooms_:
+                self._queue(op)
 
     # --- Backplane --------------------------------------------------------------------------
 
