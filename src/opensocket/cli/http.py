@@ -8,18 +8,23 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import sys
 import time
+import typing
 from collections.abc import Iterator
-from typing import IO, Any, Final
+from typing import IO, Any, Final, TextIO
 
+from .. import tls as tlsmod
+from ..address import Address
 from ..aio import run
 from ..errors import ConfigError, OpenSocketError
 from ..http import HttpLimits, serve_http
-from ..http.access import LOG_FORMATS, BufferedLineHandler
+from ..http.access import LOG_FORMATS, BufferedLineHandler, SharedLines
 from ..http.client import HttpError, MalformedResponse, ResponseStream, open_response
-from ..http.server import access_log, http_address
+from ..http.server import access_log, bind_http, check_redirect, http_address
 from ..options import TLSOptions
+from ..prefork import run_workers
 from ._common import (
     add_limit_args,
     add_tls_args,
@@ -51,6 +56,7 @@ shows its index.html or a listing. Nothing outside DIR is ever served, nor hidde
 examples:
   opensocket http serve                                   # the current folder on {DEFAULT_LISTEN}
   opensocket http serve ./site --listen 127.0.0.1:0       # port 0: the system picks one
+  opensocket http serve ./site --workers 4                # four processes, one port
   opensocket cert                                         # makes certs/ for the next line
   opensocket http serve ./site --listen https://127.0.0.1:8443 \\
       --tls-cert certs/server.pem --tls-key certs/server-key.pem
@@ -130,6 +136,14 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no access log")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the listening sockets (default 1; about one per "
+        "core); a worker that dies is replaced; limits such as --max-conns-per-ip are per worker",
+    )
+    parser.add_argument(
         "--redirect-https",
         action="store_true",
         help="answer requests on the http:// addresses with a redirect to the https:// one",
@@ -139,12 +153,14 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _access_to_stdout(enabled: bool) -> Iterator[None]:
-    """Access-log lines, bare, on stdout while the server runs (a web server's main output)."""
+def _access_to_stdout(enabled: bool, *, shared: bool = False) -> Iterator[None]:
+    """Access-log lines, bare, on stdout while the server runs (a web server's main output);
+    ``shared``: other worker processes write there too, so lines go out whole."""
     if not enabled:
         yield
         return
-    handler = BufferedLineHandler(sys.stdout)  # one write per 0.5 s under load, not per line
+    stream = typing.cast(TextIO, SharedLines(sys.stdout.fileno())) if shared else sys.stdout
+    handler = BufferedLineHandler(stream)  # one write per 0.5 s under load, not per line
     handler.setFormatter(logging.Formatter("%(message)s"))
     old_level, old_propagate = access_log.level, access_log.propagate
     access_log.addHandler(handler)
@@ -159,27 +175,36 @@ def _access_to_stdout(enabled: bool) -> Iterator[None]:
         access_log.propagate = old_propagate
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _serve_settings(args: argparse.Namespace) -> tuple[list[Address], dict[str, Any]]:
+    """The addresses and ``serve_http`` keywords the options ask for (ConfigError if wrong)."""
     addrs = [http_address(u) for u in args.listen or [DEFAULT_LISTEN]]
     check_tls_flags(args, addrs)
     if args.keepalive_timeout <= 0:
         raise ConfigError("--keepalive-timeout must be a positive number of seconds")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, not {args.workers}")
     if not os.path.isdir(args.dir):
         raise ConfigError(f"{args.dir!r} is not a folder: give the folder to serve")
-    with stop_on_signals() as stop, _access_to_stdout(not args.quiet):
-        server = await serve_http(
-            addrs,
-            args.dir,
-            tls=tls_from(args, server=True),
-            limits=HttpLimits(keepalive_timeout=args.keepalive_timeout),
-            server_limits=limits_from(args),
-            show_hidden=args.show_hidden,
-            log_format=args.access_log,
-            redirect_https=args.redirect_https,
-        )
-        print(f"serving {server.files.root}", flush=True)
-        for url in server.urls:
-            print(f"open {url}", flush=True)
+    check_redirect(addrs, args.redirect_https)
+    return addrs, {
+        "tls": tls_from(args, server=True),
+        "limits": HttpLimits(keepalive_timeout=args.keepalive_timeout),
+        "server_limits": limits_from(args),
+        "show_hidden": args.show_hidden,
+        "log_format": args.access_log,
+        "redirect_https": args.redirect_https,
+    }
+
+
+async def _run(args: argparse.Namespace, sockets: list[list[socket.socket]] | None = None) -> int:
+    addrs, settings = _serve_settings(args)
+    worker = sockets is not None  # one of --workers: the parent announced the addresses
+    with stop_on_signals() as stop, _access_to_stdout(not args.quiet, shared=worker):
+        server = await serve_http(addrs, args.dir, sockets=sockets, **settings)
+        if not worker:
+            print(f"serving {server.files.root}", flush=True)
+            for url in server.urls:
+                print(f"open {url}", flush=True)
         try:
             await stop.wait()
         finally:
@@ -187,10 +212,31 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_workers(args: argparse.Namespace) -> int:
+    """Bind here, announce, then serve from ``--workers`` forked processes."""
+    addrs, settings = _serve_settings(args)
+    if any(addr.is_tls for addr in addrs):
+        tlsmod.server_context(settings["tls"])  # unreadable files: said once, by the parent
+    sockets, urls = bind_http(addrs)
+    try:
+        print(f"serving {os.path.realpath(args.dir)} from {args.workers} worker processes")
+        for url in urls:
+            print(f"open {url}", flush=True)
+        return run_workers(
+            args.workers, lambda: run(_run(args, sockets), use_uvloop=not args.no_uvloop)
+        )
+    finally:
+        for socks in sockets:
+            for sock in socks:
+                sock.close()
+
+
 def execute(args: argparse.Namespace) -> int:
     """Run the web server until SIGINT/SIGTERM, or fetch a URL."""
     if args.action == "get":
         return execute_get(args)
+    if args.workers > 1:
+        return _run_workers(args)
     try:
         return run(_run(args), use_uvloop=not args.no_uvloop)
     except KeyboardInterrupt:  # pragma: no cover - signals are handled by stop_on_signals

@@ -7,12 +7,14 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import re
+import select
 import time
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-__all__ = ["LOG_FORMATS", "AccessRecord", "BufferedLineHandler", "format_access"]
+__all__ = ["LOG_FORMATS", "AccessRecord", "BufferedLineHandler", "SharedLines", "format_access"]
 
 LOG_FORMATS: Final = ("common", "combined", "json")
 FLUSH_DELAY: Final = 0.5  # seconds a line may wait in the buffer before it is written out
@@ -95,3 +97,35 @@ class BufferedLineHandler(logging.StreamHandler[TextIO]):
     def close(self) -> None:
         self.flush()
         super().close()
+
+
+class SharedLines:
+    """A text stream for lines that several processes write to one file or pipe (the
+    workers' access logs): whole lines, in writes of at most PIPE_BUF bytes, which the
+    kernel never interleaves, so no line is torn by another process's."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        """Buffer ``text`` until ``flush``."""
+        self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """Write the buffered lines out."""
+        if not self._parts:
+            return
+        data = "".join(self._parts).encode("utf-8", "replace")
+        self._parts.clear()
+        start = 0
+        while start < len(data):
+            end = min(start + select.PIPE_BUF, len(data))
+            if end < len(data):
+                cut = data.rfind(b"\n", start, end)
+                end = cut + 1 if cut >= start else end  # a line longer than PIPE_BUF: cut it
+            view = memoryview(data)[start:end]
+            while view:
+                view = view[os.write(self.fd, view) :]
+            start = end

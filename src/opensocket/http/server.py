@@ -109,6 +109,41 @@ def _web_url(addr: Address) -> str:
     return f"{'https' if addr.is_tls else 'http'}://{addr.hostport}/"
 
 
+def bind_http(
+    urls: Sequence[str | Address], options: SocketOptions | None = None
+) -> tuple[list[list[socket.socket]], list[str]]:
+    """Bind and listen on every address now (e.g. in a parent before it forks workers that
+    pass them to ``serve_http(sockets=...)``): the sockets per address, and the URLs to open.
+    """
+    addrs = [http_address(url) for url in urls]
+    bound: list[list[socket.socket]] = []
+    try:
+        for addr in addrs:
+            bound.append(bind_sockets(addr, options or SocketOptions()))
+    except BaseException:
+        for socks in bound:
+            for sock in socks:
+                sock.close()
+        raise
+    urls_out = [
+        _web_url(_bound_address(addr, sock))
+        for addr, socks in zip(addrs, bound, strict=True)
+        for sock in socks
+    ]
+    return bound, urls_out
+
+
+def _bound_address(addr: Address, sock: socket.socket) -> Address:
+    bound = from_sockaddr(addr.scheme, sock.getsockname())
+    return bound if bound.is_unix else bound.with_scheme(addr.scheme)
+
+
+def check_redirect(addrs: Sequence[Address], redirect_https: bool) -> None:
+    """ConfigError when ``redirect_https`` has no https:// address to redirect to."""
+    if redirect_https and not any(a.is_tls for a in addrs):
+        raise ConfigError("redirecting to HTTPS needs an https:// address to redirect to")
+
+
 class _Timeout(Exception):
     """The request head or body did not arrive in time."""
 
@@ -418,19 +453,18 @@ class HttpServer:
         self._responses: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}
         self._closed = asyncio.get_running_loop().create_future()
 
-    async def _start(self, addr: Address) -> None:
+    async def _start(self, addr: Address, socks: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
         ctx = None
         if addr.is_tls:
             ctx = tlsmod.server_context(self._tls_options)
         accepted = partial(self._accepted, ctx)
-        for sock in bind_sockets(addr, self.options):
+        for sock in bind_sockets(addr, self.options) if socks is None else socks:
             srv = await loop.create_server(
                 lambda: Acceptor(accepted), sock=sock, backlog=self.options.backlog
             )
             self._servers.append(srv)
-            bound = from_sockaddr(addr.scheme, sock.getsockname())
-            self.addresses.append(bound if bound.is_unix else bound.with_scheme(addr.scheme))
+            self.addresses.append(_bound_address(addr, sock))
         log.info("serving %s on %s", self.files.root, ", ".join(self.urls))
 
     @property
@@ -671,10 +705,13 @@ async def serve_http(
     show_hidden: bool = False,
     log_format: str = "common",
     redirect_https: bool = False,
+    sockets: Sequence[list[socket.socket]] | None = None,
 ) -> HttpServer:
     """Serve the files under ``root`` on ``urls`` (``http://``, ``https://``, ``HOST:PORT``).
 
     With ``redirect_https``, requests on the plain addresses get a 308 to the first https:// one.
+    ``sockets``: listening sockets bound already (``bind_http``), one list per URL, in order,
+    e.g. inherited by a worker process.
     """
     if not os.path.isdir(root):
         raise ConfigError(f"{os.fspath(root)!r} is not a folder: give the folder to serve")
@@ -691,10 +728,11 @@ async def serve_http(
     )
     try:
         addrs = [http_address(url) for url in many]
-        if redirect_https and not any(a.is_tls for a in addrs):
-            raise ConfigError("redirecting to HTTPS needs an https:// address to redirect to")
-        for addr in addrs:
-            await server._start(addr)
+        check_redirect(addrs, redirect_https)
+        if sockets is not None and len(sockets) != len(addrs):
+            raise ConfigError("give one list of bound sockets per address")
+        for index, addr in enumerate(addrs):
+            await server._start(addr, None if sockets is None else sockets[index])
     except BaseException:
         await server.close(0)
         raise
