@@ -141,7 +141,8 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="serve from N processes sharing the listening sockets (default 1; about one per "
-        "core); a worker that dies is replaced; limits such as --max-conns-per-ip are per worker",
+        "core); a worker that dies is replaced; --max-connections, --max-per-ip and --rate "
+        "count per worker",
     )
     parser.add_argument(
         "--redirect-https",
