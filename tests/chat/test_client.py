@@ -143,6 +143,9 @@ async def test_reconnect_after_the_hub_restarts(free_port: int) -> None:
     srv = await start(url)
     alice = await ChatClient.connect(url, nick="alice", rooms=["lobby", "dev"])
     bob = await in_thread(SyncChatClient.connect, url, nick="bob", rooms=["lobby"])
+    told: list[tuple[str, ConnectionClosed]] = []
+    alice.on_reconnecting = lambda lost: told.append(("alice", lost))
+    bob.on_reconnecting = lambda lost: told.append(("bob", lost))
     await expect(alice, Joined, room="lobby", nick="bob")
     await srv.close()  # every client gets 1001 "server shutting down"
     srv = await start(url)
@@ -154,6 +157,8 @@ async def test_reconnect_after_the_hub_restarts(free_port: int) -> None:
         assert (await in_thread(expect_sync, bob, Welcome)).nick == "bob"
         await in_thread(expect_sync, bob, Joined, room="lobby", nick="bob")
         assert alice.reconnects == 1 and bob.reconnects == 1
+        assert sorted(who for who, _ in told) == ["alice", "bob"]  # each told once, with why
+        assert all(lost.code == CloseCode.GOING_AWAY for _, lost in told)
         assert sorted(alice.joined_rooms) == ["dev", "lobby"]
 
         carol = await ChatClient.connect(url, nick="carol", rooms=["lobby"])

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from .._log import safe_call
 from ..address import Address
 from ..chat.client_state import (
     CLIENT_NAME,
@@ -94,6 +95,8 @@ class ChatClient:
         self._ended: BaseException | None = None  # why the client stopped, told to senders
         self._reader: asyncio.Task[None] | None = None
         self.reconnects = 0
+        # called with why the link was lost, as the client starts reconnecting
+        self.on_reconnecting: Callable[[ConnectionClosed], None] | None = None
 
     @classmethod
     async def connect(
@@ -321,6 +324,7 @@ class ChatClient:
         deadline = loop.time() + self._give_up
         delay, most = self._backoff
         self.reconnects += 1
+        safe_call(self.on_reconnecting, lost)
         last: BaseException = lost
         while loop.time() < deadline and not self._closing:
             try:

@@ -84,7 +84,6 @@ SCROLLBACK: Final = 5000  # lines kept
 MIN_SIDE_COLUMNS: Final = 60  # narrower terminals hide the rooms/members pane
 SIDE_WIDTH: Final = 22
 STAMP_WIDTH: Final = 6  # "12:34 ": wrapped rows start under the text
-WATCH_INTERVAL: Final = 0.2  # how often the connection's state is looked at
 NICK_COLORS: Final = 6
 KEYS_HELP: Final = (
     "Tab/Ctrl-N next room, Shift-Tab/Ctrl-P previous, Alt-1..9 room N, PageUp/PageDown "
@@ -217,7 +216,6 @@ class ChatView:
         self.server = ""
         self.state: State = "connecting"
         self.lost_reason = ""
-        self.reconnects = 0  # the client's reconnect count at its last welcome
         self.rooms: dict[str, Room] = {}  # room key -> Room, in the order we joined
         self.lines: deque[Line] = deque(maxlen=SCROLLBACK)
         self.offset = 0  # rows scrolled up from the bottom
@@ -683,7 +681,13 @@ async def run_tui(
         CommandLine(client, view).run(lines, report, (LineError, ConnectionClosed))
     )
     typing.add_done_callback(lambda t: _stop(app, _reason(t, view)))
-    tasks = [typing, asyncio.ensure_future(_watch(client, view, app))]
+    tasks = [typing]
+
+    def reconnecting(lost: ConnectionClosed) -> None:
+        view.reconnecting(time.time())
+        app.invalidate()
+
+    client.on_reconnecting = reconnecting
     pump = asyncio.ensure_future(_pump(client, view, app))
     reason: str | None = None
     with _signals(lambda: _stop(app, None)):
@@ -722,8 +726,6 @@ async def _pump(client: ChatClient, view: ChatView, app: Application[str | None]
     """Hub events into the view until the client ends."""
     try:
         async for event in client:
-            if isinstance(event, Welcome):
-                view.reconnects = client.reconnects
             view.event(event, time.time())
             if isinstance(event, ErrorEvent):
                 view.forget_pending(client.joined_rooms)
@@ -731,15 +733,6 @@ async def _pump(client: ChatClient, view: ChatView, app: Application[str | None]
     except OpenSocketError as exc:
         view.lost(str(exc), time.time())
         app.invalidate()
-
-
-async def _watch(client: ChatClient, view: ChatView, app: Application[str | None]) -> None:
-    """Show "reconnecting" while the client is away (it tells only through its counter)."""
-    while True:
-        await asyncio.sleep(WATCH_INTERVAL)
-        if client.reconnects > view.reconnects and view.state == "connected":
-            view.reconnecting(time.time())
-            app.invalidate()
 
 
 @contextlib.contextmanager

@@ -17,9 +17,10 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
+from .._log import safe_call
 from ..address import Address
 from ..chat.client_state import (
     HELLO_TIMEOUT,
@@ -81,6 +82,8 @@ class ChatClient:
         self.reconnect = reconnect
         self.welcome: Welcome | None = None
         self.reconnects = 0
+        # called in the reader thread with why the link was lost, as reconnecting starts
+        self.on_reconnecting: Callable[[ConnectionClosed], None] | None = None
         self._target = url
         self._tls = tls
         self._backoff = backoff
@@ -326,6 +329,7 @@ class ChatClient:
         deadline = time.monotonic() + self._give_up
         delay, most = self._backoff
         self.reconnects += 1
+        safe_call(self.on_reconnecting, lost)
         last: BaseException = lost
         while time.monotonic() < deadline and not self._closing:
             try:
