@@ -470,3 +470,20 @@ def test_cli_udp_and_timeout_lines(capsys: pytest.CaptureFixture[str]) -> None:
         == "1 packets transmitted, 0 received, 100% packet loss, time "
         + (lines[4].rsplit(" ", 1)[1])
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "hint"),
+    [
+        ("127.0.0.1:80", "opensocket ping 127.0.0.1 --tcp 80"),
+        ("[::1]:22", "opensocket ping ::1 --tcp 22"),
+    ],
+)
+def test_a_port_in_the_host_points_to_tcp(host: str, hint: str) -> None:
+    from opensocket.errors import AddressError
+    from opensocket.tools.ping import resolve
+
+    with pytest.raises(AddressError, match="has a port") as info:
+        resolve(host)
+    assert hint in str(info.value)
+    assert resolve("::1").address == "::1"  # an IPv6 address is not host:port

@@ -85,6 +85,14 @@ def resolve(host: str, family: int = 0, port: int = 0) -> Target:
     a name that does not resolve (or has no address of ``family``).
     """
     _check_literal_family(host, family)
+    name, _, port_text = host.rpartition(":")
+    bracketed = name.startswith("[") and name.endswith("]")
+    if port_text.isdigit() and name and (bracketed or ":" not in name):
+        bare = name[1:-1] if bracketed else name
+        raise AddressError(
+            f"{host!r} has a port: ping a host, and a port with --tcp {port_text} "
+            f"or --udp {port_text} (opensocket ping {bare} --tcp {port_text})"
+        )
     try:
         infos = socket.getaddrinfo(host, None, family, socket.SOCK_DGRAM)
     except socket.gaierror as exc:
