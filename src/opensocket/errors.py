@@ -36,7 +36,8 @@ The tree::
     │   ├── MalformedResponse
     │   ├── TooManyRedirects
     │   ├── RedirectRefused                    https -> http, or not an http(s) location
-    │   └── BodyTooLarge
+    │   ├── BodyTooLarge
+    │   └── BinaryOutputRefused                'http get' would write binary to a terminal
     ├── QueueFull                              a high-water mark was reached (policy "raise")
     ├── SendBufferFull (BlockingIOError)       a reliable-UDP send buffer is full: wait, retry
     ├── RequestAborted (ConnectionError)       the replier's link was lost; not retryable
@@ -72,6 +73,7 @@ __all__ = [
     "AuthenticationFailed",
     "BadMagic",
     "BenchFailed",
+    "BinaryOutputRefused",
     "BodyTooLarge",
     "CertificateError",
     "CertificateExpired",
@@ -342,6 +344,10 @@ class RedirectRefused(HttpError):
 
 class BodyTooLarge(HttpError):
     """The response body is larger than ``max_body``."""
+
+
+class BinaryOutputRefused(HttpError):
+    """``http get`` would write a binary body to a terminal (use -o FILE, or -o -)."""
 
 
 class BenchFailed(OpenSocketError):

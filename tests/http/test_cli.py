@@ -77,7 +77,8 @@ def test_serve_subprocess_http_and_https(tmp_path: Path) -> None:
     proc, url = _serve([str(tmp_path), "--listen", "https://127.0.0.1:0", *tls])
     try:
         done = subprocess.run(
-            ["curl", "-sS", "-i", "--cacert", pki.ca_cert, url],
+            # a real host name: HSTS is never sent to localhost or an IP literal
+            ["curl", "-sS", "-i", "--cacert", pki.ca_cert, "-H", "Host: www.example.test", url],
             capture_output=True,
             timeout=10,
             check=True,

@@ -12,7 +12,14 @@ from urllib.parse import unquote
 import h11
 import pytest
 
-from opensocket.errors import AddressError, ConfigError, ConnectionRefused, ReadTimeout, UnknownCA
+from opensocket.errors import (
+    AddressError,
+    ConfigError,
+    ConnectionRefused,
+    ReadTimeout,
+    TLSError,
+    UnknownCA,
+)
 from opensocket.http import (
     BodyTooLarge,
     HttpServer,
@@ -146,7 +153,6 @@ async def test_https_verification(tmp_path: Path, site: Path) -> None:
         for url in srv.urls:
             response = await fetch(url + "hello.txt", tls=pki.client_tls())
             assert response.body == b"hello, world\n"
-            assert response.header("strict-transport-security") is not None
         with pytest.raises(UnknownCA, match="not signed by a trusted CA"):
             await fetch(srv.url + "hello.txt")
     finally:
@@ -285,3 +291,40 @@ async def test_silent_server_times_out() -> None:
                 await fetch(base + "/", timeout=0.2)
         finally:
             release.set()
+
+
+async def test_https_server_closing_without_answer_gets_the_tls_hint(tmp_path: Path) -> None:
+    async def hang_up(request: h11.Request, body: bytes, base: str) -> bytes:
+        return b""
+
+    pki = make_pki(tmp_path)
+    async with scripted(hang_up, server_context(pki.server_tls())) as base:
+        with pytest.raises(MalformedResponse) as caught:
+            await fetch(base + "/", tls=pki.client_tls())
+    message = str(caught.value)
+    assert "closed the TLS connection without answering" in message
+    assert "--tls-cert and --tls-key" in message and "http:// URL" not in message
+    async with scripted(hang_up) as base:  # plain http keeps the wrong-scheme hint
+        with pytest.raises(MalformedResponse, match="reached with an http:// URL"):
+            await fetch(base + "/")
+
+
+async def test_server_requiring_a_client_certificate(tmp_path: Path, site: Path) -> None:
+    pki = make_pki(tmp_path)
+    tls = pki.server_tls(client_auth="required")
+    srv = await serve_http("https://127.0.0.1:0", site, tls=tls, limits=LIMITS)
+    try:
+        with pytest.raises(TLSError, match="requires a client certificate") as caught:
+            await fetch(srv.url + "hello.txt", tls=pki.client_tls())
+        assert "--tls-cert" in str(caught.value) and "http:// URL" not in str(caught.value)
+        response = await fetch(srv.url + "hello.txt", tls=pki.client_tls(with_cert=True))
+        assert response.body == b"hello, world\n"
+    finally:
+        await srv.close(1.0)
+
+
+async def test_raw_header_names_are_kept(server: HttpServer) -> None:
+    async with open_response(server.url + "hello.txt") as response:
+        assert ("Content-Length", "13") in response.raw_headers
+        assert ("content-length", "13") in response.headers
+        assert [k.lower() for k, _ in response.raw_headers] == [k for k, _ in response.headers]

@@ -290,10 +290,11 @@ async def test_https_answers_from_the_cache_carry_hsts(site: Path, tmp_path: Pat
     try:
         context = ssl.create_default_context(cafile=pki.ca_cert)
         async with httpx.AsyncClient(verify=context, base_url=server.url) as web:
-            first = await web.get("/hello.txt")
+            named = {"Host": "www.example.test"}  # HSTS is never sent to an IP literal
+            first = await web.get("/hello.txt", headers=named)
             assert cached(server) == {"/hello.txt"}
-            second = await web.get("/hello.txt")  # same connection, from the cache
-            head = await web.head("/hello.txt")
+            second = await web.get("/hello.txt", headers=named)  # same connection, cached
+            head = await web.head("/hello.txt", headers=named)
         for reply in (first, second, head):
             assert reply.headers["strict-transport-security"] == "max-age=31536000"
         assert second.content == b"hello, world\n" and head.content == b""

@@ -251,3 +251,35 @@ def test_no_target_reads_outside_the_root(site: Path, parts: list[str]) -> None:
     if plan.path is not None:
         assert os.path.realpath(plan.path).startswith(root + os.sep)
     assert b"outside" not in body(plan)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/data.txt/",
+        "/data.txt/?x=1",
+        "/data.txt/#x",
+        "/inside-link/",
+        "/sub/index.html/",
+        "/data.txt//",
+    ],
+)
+def test_slash_after_a_file_is_not_found(site: Path, target: str) -> None:
+    assert get(StaticFiles(site), target).status == 404  # as nginx and Apache answer
+
+
+def test_slash_after_a_folder_still_serves_it(site: Path) -> None:
+    files = StaticFiles(site)
+    assert body(get(files, "/sub/")) == b"index"
+    assert body(get(files, "/sub/?x=1")) == b"index"
+    assert get(files, "/data.txt?x=/").status == 200  # a slash in the query is no folder
+
+
+def test_multipart_boundary_is_random_per_response(site: Path) -> None:
+    files = StaticFiles(site)
+    plans = [get(files, "/data.txt", range="bytes=0-1, 10-12") for _ in range(3)]
+    ctypes = {dict(p.headers)["Content-Type"] for p in plans}
+    assert len(ctypes) == 3
+    for plan, ctype in zip(plans, [dict(p.headers)["Content-Type"] for p in plans], strict=True):
+        boundary = ctype.split("boundary=")[1].encode()
+        assert len(boundary) == 32 and body(plan).endswith(b"--" + boundary + b"--\r\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from opensocket.cli import main
-from opensocket.http import HttpServer, serve_http
+from opensocket.http import HttpServer, fetch, serve_http
 
 from ..tlsutil import make_pki
 from .conftest import BIG_SIZE, LIMITS
@@ -31,20 +31,26 @@ async def test_download_resume_and_restart(
     out, part = tmp_path / "big.bin", tmp_path / "big.bin.part"
     assert await get("-o", str(out), url) == 0
     assert out.read_bytes() == expected and not part.exists()
-    # an interrupted download: the first 3 MiB in FILE.part, nothing under the final name
+    validator = Path(f"{part}.validator")
+    assert not validator.exists()  # removed with the download complete
+    etag = (await fetch(url, method="HEAD")).header("etag")
+    assert etag is not None
+    # an interrupted download: the first 3 MiB in FILE.part with the ETag they came with
     out.unlink()
     part.write_bytes(expected[: 3 << 20])
+    validator.write_text(etag + "\n")
     capsys.readouterr()
     assert await get("-C", "--json", "-o", str(out), url) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["status"], summary["resumed_from"]) == (206, 3 << 20)
     assert summary["bytes"] == BIG_SIZE - (3 << 20) and summary["file"] == str(out)
-    assert out.read_bytes() == expected and not part.exists()
+    assert out.read_bytes() == expected and not part.exists() and not validator.exists()
     # a FILE.part that is already complete: the server says 416, the file is put in place
     out.unlink()
     part.write_bytes(expected)
+    validator.write_text(etag + "\n")
     assert await get("-C", "-o", str(out), url) == 0
-    assert out.read_bytes() == expected and not part.exists()
+    assert out.read_bytes() == expected and not part.exists() and not validator.exists()
     # without -C a leftover FILE.part is started over
     part.write_bytes(b"junk from another download")
     assert await get("-o", str(out), url) == 0
@@ -62,14 +68,15 @@ async def test_statuses_headers_and_redirects(
     assert await get("-i", server.url + "hello.txt") == 0
     head, body = capsysbinary.readouterr().out.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"hello, world\n"
-    etag = next(v for k, v in (h.split(b": ", 1) for h in head.split(b"\r\n")[1:]) if k == b"etag")
+    etag = next(v for k, v in (h.split(b": ", 1) for h in head.split(b"\r\n")[1:]) if k == b"ETag")
 
     assert await get("-H", f"If-None-Match: {etag.decode()}", server.url + "hello.txt") == 0
     assert capsysbinary.readouterr().out == b""  # 304: success, nothing to print
 
     assert await get("-I", server.url + "hello.txt") == 0
     printed = capsysbinary.readouterr().out
-    assert b"content-length: 13\r\n" in printed and not printed.endswith(b"world\n")
+    assert b"Content-Length: 13\r\n" in printed and not printed.endswith(b"world\n")
+    assert b"content-length" not in printed  # the names as the server sent them, as curl does
 
     assert await get("--json", server.url + "docs") == 0
     summary = json.loads(capsysbinary.readouterr().out)
@@ -93,7 +100,27 @@ async def test_https_verification(
         assert await get("--tls-insecure", url) == 0
         assert capsys.readouterr().out == "hello, world\n"
         assert await get("--tls-ca", pki.ca_cert, srv.url.replace("https", "http")) == 1
-        assert "closed the connection without a response" in capsys.readouterr().err
+        captured = capsys.readouterr()
+        assert "https://" in captured.out + captured.err  # the server's 400 page, or our hint
+    finally:
+        await srv.close(1.0)
+
+
+async def test_server_requiring_a_client_certificate(
+    tmp_path: Path, site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = make_pki(tmp_path)
+    tls = pki.server_tls(client_auth="required")
+    srv = await serve_http("https://127.0.0.1:0", site, tls=tls, limits=LIMITS)
+    url = srv.url + "hello.txt"
+    try:
+        mine = ("--tls-cert", pki.client_cert, "--tls-key", pki.client_key)
+        assert await get("--tls-ca", pki.ca_cert, *mine, url) == 0
+        assert capsys.readouterr().out == "hello, world\n"
+        assert await get("--tls-ca", pki.ca_cert, url) == 1
+        err = capsys.readouterr().err
+        assert "requires a client certificate" in err and "--tls-cert" in err
+        assert "http:// URL" not in err and "Traceback" not in err
     finally:
         await srv.close(1.0)
 
@@ -180,6 +207,11 @@ def test_subprocess(http_server: tuple[str, Path], tmp_path: Path) -> None:
     command = [sys.executable, "-m", "opensocket", "http", "get"]
     done = subprocess.run([*command, base + "data.bin"], capture_output=True, timeout=30)
     assert done.returncode == 0 and done.stdout == expected  # binary-safe stdout
+    # /dev/stdout: a link to a pipe here, written in place (it is no file to rename onto)
+    done = subprocess.run(
+        [*command, "-o", "/dev/stdout", base + "data.bin"], capture_output=True, timeout=30
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, expected, b"")
     out = tmp_path / "copy.bin"
     done = subprocess.run(
         [*command, "--progress", "-o", str(out), base + "data.bin"],

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 from ..address import format_sockaddr
 from ..errors import ConnectionClosedError, ReadTimeout, WriteTimeout
+from ..tls import tls_error
 
 __all__ = ["DEFAULT_LINE_LIMIT", "Stream"]
 
@@ -48,6 +50,8 @@ class Stream:
             raise ReadTimeout(f"nothing from {self.remote_address} within {timeout:g}s") from None
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise ConnectionClosedError(1006, f"connection lost: {exc}", by_peer=True) from exc
+        except ssl.SSLError as exc:  # e.g. TLS 1.3: a refused client certificate, after it
+            raise tls_error(exc, self.remote_address) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data``; waits while the peer is slow (bounded by write_timeout)."""

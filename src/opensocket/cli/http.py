@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 import typing
@@ -18,7 +19,7 @@ from typing import IO, Any, Final, TextIO
 from .. import tls as tlsmod
 from ..address import Address
 from ..aio import run
-from ..errors import ConfigError, OpenSocketError
+from ..errors import BinaryOutputRefused, ConfigError, OpenSocketError
 from ..http import HttpLimits, serve_http
 from ..http.access import LOG_FORMATS, BufferedLineHandler, SharedLines
 from ..http.client import HttpError, MalformedResponse, ResponseStream, open_response
@@ -65,14 +66,19 @@ examples:
 """
 
 GET_EPILOG: Final = """\
-The body goes to stdout, or with -o FILE into FILE.part, renamed to FILE once complete (an
-interrupted download leaves FILE.part: -C resumes it with a Range request). Redirects are
-followed (--max-redirects, never from https:// to http://); https:// certificates are verified
-(--tls-ca to trust a private CA). Exit code 0 for a 2xx or 304 status, 1 for any other status
-or a failure, 2 for a usage error.
+The body goes to stdout (a binary body is not written to a terminal unless -o - asks for it),
+or with -o FILE into FILE.part, renamed to FILE once complete; a device or a pipe given as FILE
+is written in place, and a symlink is followed. The ETag (or Last-Modified) of the download is
+kept in FILE.part.validator: -C resumes FILE.part with a Range request sent with If-Range, so a
+file that changed on the server is downloaded again from the start instead of spliced (and so
+is a FILE.part without a validator). A URL without a scheme is taken as http://. Redirects
+are followed (--max-redirects, never from https:// to http://); https:// certificates are
+verified (--tls-ca to trust a private CA).
+Exit code 0 for a 2xx or 304 status, 1 for any other status or a failure, 2 for a usage error.
 
 examples:
   opensocket http get http://127.0.0.1:8000/                 # the body on stdout
+  opensocket http get 127.0.0.1:8000/notes.txt               # no scheme: http://
   opensocket http get -i https://example.org/ --tls-ca ca.pem  # status line and headers too
   opensocket http get -o big.iso -C http://127.0.0.1:8000/big.iso  # download, resuming
   opensocket http get --json -o out.bin http://127.0.0.1:8000/f  # a summary on stdout
@@ -247,19 +253,28 @@ def execute(args: argparse.Namespace) -> int:
 
 # ---- http get --------------------------------------------------------------------------------
 
+_VALIDATOR: Final = ".validator"  # FILE.part.validator: the ETag or date If-Range sends on -C
+_TEXT_WORDS: Final = ("json", "xml", "javascript", "ecmascript")
+_RESUME_HINT: Final = "run the same command with -C to resume"
+
 
 def configure_get(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``http get``."""
-    parser.add_argument("url", metavar="URL", help="http:// or https:// URL to fetch")
     parser.add_argument(
-        "-o", "--output", metavar="FILE", help="write the body to FILE (via FILE.part)"
+        "url", metavar="URL", help="http:// or https:// URL to fetch (no scheme: http://)"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the body to FILE (via FILE.part); - writes it to stdout, even binary",
     )
     parser.add_argument(
         "-C",
         "--continue",
         dest="resume",
         action="store_true",
-        help="with -o: resume an interrupted download from FILE.part (a Range request)",
+        help="with -o: resume an interrupted download from FILE.part (Range with If-Range)",
     )
     parser.add_argument(
         "-i", "--include", action="store_true", help="print the status line and headers"
@@ -319,19 +334,62 @@ def _check_get(args: argparse.Namespace) -> None:
         raise ConfigError("--max-redirects must be 0 (do not follow) or more")
     if args.resume and not args.output:
         raise ConfigError("-C/--continue resumes a download: give the file with -o FILE")
+    if args.resume and args.output == "-":
+        raise ConfigError(
+            "-C/--continue resumes a download into a file: -o - (stdout) cannot be resumed"
+        )
     if args.json and (args.include or args.head):
         raise ConfigError("--json already holds the status and headers: drop -i/-I")
-    if args.output:
-        folder = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(folder):
-            raise ConfigError(f"-o {args.output}: the folder {folder} does not exist")
-        if os.path.isdir(args.output):
-            raise ConfigError(f"-o {args.output} is a folder: give a file name")
+    if args.json and args.output == "-":
+        raise ConfigError("--json prints the summary on stdout: give -o FILE for the body")
+
+
+def _with_scheme(url: str) -> str:
+    """``host:port/path`` is taken as http://, as curl does."""
+    return url if "://" in url else "http://" + url.strip()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Output:
+    """Where the body goes: stdout (``path`` None), a device or FIFO written in place
+    (``direct``), or a regular file written as PATH.part and renamed to PATH once complete."""
+
+    path: str | None = None
+    direct: bool = False
+
+    @property
+    def part(self) -> str | None:
+        """The partial download beside a regular file; None for stdout, a device or a FIFO."""
+        return None if self.path is None or self.direct else self.path + ".part"
+
+
+def _output(args: argparse.Namespace) -> _Output:
+    """Resolve -o: ``-`` is stdout; a symlink is followed, so its target is the file replaced."""
+    if args.output is None or args.output == "-":
+        return _Output()
+    try:  # through symlinks as open() goes, /proc magic links (/dev/stdout) included
+        mode: int | None = os.stat(args.output).st_mode
+    except OSError:  # missing (the usual case), or unreadable: open() says why later
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise ConfigError(f"-o {args.output} is a folder: give a file name")
+    if mode is not None and not stat.S_ISREG(mode):
+        if args.resume:
+            raise ConfigError(
+                f"-C cannot resume into -o {args.output}: it is not a regular file (a device or "
+                "a pipe is written in place, as the body arrives); drop -C"
+            )
+        return _Output(args.output, direct=True)
+    path = os.path.realpath(args.output)
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"-o {args.output}: the folder {folder} does not exist")
+    return _Output(path)
 
 
 def _head_bytes(response: ResponseStream) -> bytes:
     lines = [f"HTTP/{response.http_version} {response.status} {response.reason}"]
-    lines += [f"{name}: {value}" for name, value in response.headers]
+    lines += [f"{name}: {value}" for name, value in response.raw_headers or response.headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -353,6 +411,51 @@ def _resume_offset(response: ResponseStream, offset: int) -> int:
 def _already_complete(response: ResponseStream, offset: int) -> bool:
     """A 416 to ``bytes=offset-`` with ``Content-Range: bytes */offset``: nothing is missing."""
     return response.status == 416 and response.header("content-range") == f"bytes */{offset}"
+
+
+def _validator(response: ResponseStream) -> str | None:
+    """What If-Range can check on a resume: a strong ETag, else Last-Modified (RFC 9110 13.1.5)."""
+    etag = response.header("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.header("last-modified")
+
+
+def _saved_validator(part: str) -> str | None:
+    try:
+        with open(part + _VALIDATOR, encoding="latin-1") as handle:
+            value = handle.read(1024).strip()
+    except OSError:
+        return None
+    return value if value and not any(c in value for c in "\r\n\0") else None
+
+
+def _save_validator(part: str, response: ResponseStream) -> None:
+    """Keep the validator of a download that starts over; without one, -C cannot resume it."""
+    value = _validator(response)
+    if value is None:
+        _forget_validator(part)
+        return
+    with open(part + _VALIDATOR, "w", encoding="latin-1") as handle:
+        handle.write(value + "\n")
+
+
+def _forget_validator(part: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part + _VALIDATOR)
+
+
+def _resume_from(part: str) -> tuple[int, str | None]:
+    """The size of FILE.part to resume after and its validator, or 0 to start over."""
+    size = os.path.getsize(part) if os.path.isfile(part) else 0
+    if not size:
+        return 0, None
+    validator = _saved_validator(part)
+    if validator is None:
+        # a Range alone could splice two versions of a file that changed on the server
+        print(f"no validator saved for {part}: downloading again from the start", file=sys.stderr)
+        return 0, None
+    return size, validator
 
 
 class _Progress:
@@ -392,31 +495,41 @@ class _Progress:
             self.bar.stop()
 
 
-async def _download(args: argparse.Namespace, response: ResponseStream, offset: int) -> int:
-    """Write the body to FILE.part (appending after ``offset``), then rename it to FILE."""
-    part = args.output + ".part"
+async def _download(
+    args: argparse.Namespace, out: _Output, response: ResponseStream, offset: int
+) -> int:
+    """Write the body to FILE.part (appending after ``offset``), then rename it to FILE; a
+    device or FIFO is written in place."""
+    assert out.path is not None
+    part = out.part
     start = _resume_offset(response, offset)
     length = response.content_length
     show = args.progress or sys.stderr.isatty()
     bar = _Progress(show, None if length is None else start + length, start, args.output)
     try:
-        with open(part, "r+b" if start else "wb") as handle:
-            handle.seek(start)
-            handle.truncate()
-            await _copy(response, handle, bar)
+        if part is None:
+            with open(out.path, "wb") as handle:
+                await _copy(response, handle, bar)
+        else:
+            with open(part, "r+b" if start else "wb") as handle:
+                handle.seek(start)
+                handle.truncate()
+                if not start:  # after the truncation: a validator never sits beside older bytes
+                    _save_validator(part, response)
+                await _copy(response, handle, bar)
     except OSError as exc:
-        raise HttpError(
-            f"cannot write {part}: {exc.strerror or exc} (what was written is kept: fix the "
-            "cause and run again with -C to resume)"
-        ) from exc
+        name = exc.filename or part or out.path
+        kept = f" (what was written is kept: fix the cause and {_RESUME_HINT})" if part else ""
+        raise HttpError(f"cannot write {name}: {exc.strerror or exc}{kept}") from exc
     except OpenSocketError:
-        print(
-            f"the partial download is kept in {part}: run again with -C to resume", file=sys.stderr
-        )
+        if part is not None:
+            print(f"the partial download is kept in {part}: {_RESUME_HINT}", file=sys.stderr)
         raise
     finally:
         bar.stop()
-    os.replace(part, args.output)
+    if part is not None:
+        os.replace(part, out.path)
+        _forget_validator(part)
     return start
 
 
@@ -426,19 +539,44 @@ async def _copy(response: ResponseStream, out: IO[bytes], bar: _Progress) -> Non
         bar.advance(len(chunk))
 
 
+def _looks_binary(response: ResponseStream, first: bytes) -> bool:
+    """Curl's rule (NUL bytes), plus a Content-Type that is not text (unknown: NULs decide)."""
+    if b"\0" in first:
+        return True
+    mime = (response.header("content-type") or "").partition(";")[0].strip().lower()
+    return bool(mime) and not mime.startswith("text/") and not any(w in mime for w in _TEXT_WORDS)
+
+
+async def _to_stdout(response: ResponseStream, stdout: IO[bytes], terminal: bool) -> None:
+    """The body on stdout; on a ``terminal``, a binary body is refused before any of it."""
+    checked = not terminal
+    async for chunk in response.chunks():
+        if not checked and chunk:
+            checked = True
+            if _looks_binary(response, chunk):
+                raise BinaryOutputRefused(
+                    "binary output can mess up your terminal: use -o FILE "
+                    "(or -o - to write it anyway)"
+                )
+        stdout.write(chunk)
+
+
 async def _get(args: argparse.Namespace) -> int:
     _check_get(args)
+    url = _with_scheme(args.url)
+    out = _output(args)
     headers = _request_headers(args)
     method = "HEAD" if args.head else "GET"
-    part = args.output + ".part" if args.output else None
-    offset = os.path.getsize(part) if part and args.resume and os.path.isfile(part) else 0
-    if offset and method == "GET":
-        headers.append(("Range", f"bytes={offset}-"))
+    to_file = out.path is not None and method == "GET"
+    part = out.part if to_file else None
+    offset, validator = _resume_from(part) if part and args.resume else (0, None)
+    if offset and validator:
+        headers += [("Range", f"bytes={offset}-"), ("If-Range", validator)]
     began = time.monotonic()
     resumed_from = 0
     stdout = sys.stdout.buffer
     async with open_response(
-        args.url,
+        url,
         method=method,
         headers=headers,
         tls=_client_tls(args),
@@ -449,20 +587,21 @@ async def _get(args: argparse.Namespace) -> int:
         if args.include or args.head:
             sys.stdout.flush()
             stdout.write(_head_bytes(response))
-        if args.output and method == "GET" and _already_complete(response, offset):
-            os.replace(part or "", args.output)
+        if part and out.path and _already_complete(response, offset):
+            os.replace(part, out.path)
+            _forget_validator(part)
             good, resumed_from = True, offset
-        elif args.output and method == "GET" and good and response.status != 304:
-            resumed_from = await _download(args, response, offset)
-        elif args.output or args.json:
+        elif to_file and good and response.status != 304:
+            resumed_from = await _download(args, out, response, offset)
+        elif out.path is not None or args.json:
             async for _ in response.chunks():
                 pass  # read and counted, not kept: an error page is not the file asked for
         else:
-            async for chunk in response.chunks():
-                stdout.write(chunk)
+            terminal = args.output is None and sys.stdout.isatty()
+            await _to_stdout(response, stdout, terminal)
         stdout.flush()
     if args.json:
-        print_json(_summary(args, response, resumed_from, time.monotonic() - began))
+        print_json(_summary(args, url, response, resumed_from, time.monotonic() - began))
     if not good:
         print(
             f"opensocket {NAME}: error: {response.url} answered {response.status} "
@@ -479,13 +618,17 @@ def _client_tls(args: argparse.Namespace) -> TLSOptions | None:
 
 
 def _summary(
-    args: argparse.Namespace, response: ResponseStream, resumed_from: int, seconds: float
+    args: argparse.Namespace,
+    url: str,
+    response: ResponseStream,
+    resumed_from: int,
+    seconds: float,
 ) -> dict[str, Any]:
     headers: dict[str, str] = {}
     for name, value in response.headers:
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return {
-        "url": args.url,
+        "url": url,
         "final_url": response.url,
         "redirects": list(response.redirects),
         "status": response.status,
@@ -499,10 +642,22 @@ def _summary(
     }
 
 
+def _kept_part(args: argparse.Namespace) -> str | None:
+    """The FILE.part an interrupted download left, if any."""
+    try:
+        part = _output(args).part
+    except OpenSocketError:
+        return None
+    return part if part is not None and os.path.isfile(part) else None
+
+
 def execute_get(args: argparse.Namespace) -> int:
     """Fetch a URL; exit 0 for 2xx and 304, 1 otherwise."""
     try:
         return asyncio.run(_get(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        part = _kept_part(args)
+        if part is not None and not args.head:
+            print(f"the partial download is kept in {part}: {_RESUME_HINT}", file=sys.stderr)
         return 130

@@ -4,7 +4,7 @@ Every request whose answer fits in memory (a small file, an error, a folder list
 range of a small file) is planned and written in the callback that read it: no task, no
 future, one ``transport.write`` per batch of pipelined requests. A plain ``GET``/``HEAD`` of a
 small file is answered from a per-target cache of whole responses (head and body, per
-keep-alive/close, HEAD and HSTS variant, rebuilt when the Date second changes), checked
+keep-alive/close, HEAD and HSTS-or-not variant, rebuilt when the Date second changes), checked
 against one ``os.stat`` of the file: its inode, size and mtime must not have changed, so an
 edited, replaced or deleted file (or a symlink swapped in on its path) is planned afresh.
 
@@ -33,13 +33,13 @@ __all__ = ["FastProtocol", "ResponseCache", "http_date", "log_access", "response
 
 log = logging.getLogger("opensocket.http")
 access_log = logging.getLogger("opensocket.http.access")
-HSTS: Final = "max-age=31536000"
 CLOSE_AFTER: Final = frozenset({400, 408, 413, 414, 431, 500, 503})
 LINGER_TIME: Final = 1.0
 _LINGER_BYTES: Final = 4 * 1024 * 1024
 _BATCH_BYTES: Final = 256 * 1024  # pipelined answers gathered into one write, at most
 # headers that change the answer to a GET: such requests skip the response cache
 _SPECIAL: Final = frozenset({"range", "if-range", "if-none-match", "if-modified-since"})
+_CACHED_METHODS: Final = ("GET", "HEAD")  # every other method is planned (a 405)
 
 wall_clock = time.time  # the Date header's clock (tests replace it)
 _date: list[int | str] = [0, ""]
@@ -53,11 +53,12 @@ def http_date() -> str:
     return str(_date[1])
 
 
-def response_headers(plan: Plan, close: bool, secure: bool) -> tuple[tuple[str, str], ...]:
-    """The response's headers: Date and Server, the plan's, HSTS on TLS, Connection: close."""
+def response_headers(plan: Plan, close: bool, hsts: str) -> tuple[tuple[str, str], ...]:
+    """The response's headers: Date and Server, the plan's, HSTS (``hsts``: its value, or ""
+    for none), Connection: close."""
     headers = (("Date", http_date()), ("Server", "opensocket"), *plan.headers)
-    if secure:
-        headers += (("Strict-Transport-Security", HSTS),)
+    if hsts:
+        headers += (("Strict-Transport-Security", hsts),)
     if close:
         headers += (("Connection", "close"),)
     return headers
@@ -108,10 +109,17 @@ class ResponseCache:
         self.entries = entries
         self._by_target: OrderedDict[str, _Entry] = OrderedDict()
 
-    def lookup(self, request: Request, secure: bool, close: bool) -> bytes | None:
-        """The response to a plain GET/HEAD of a cached file that has not changed, or None."""
+    def lookup(self, request: Request, hsts: str, close: bool) -> bytes | None:
+        """The response to a plain GET/HEAD of a cached file that has not changed, or None.
+
+        ``hsts``: the Strict-Transport-Security value this request gets ("" for none).
+        """
         entry = self._by_target.get(request.target)
-        if entry is None or not _SPECIAL.isdisjoint(request.headers):
+        if (
+            entry is None
+            or request.method not in _CACHED_METHODS
+            or not _SPECIAL.isdisjoint(request.headers)
+        ):
             return None
         try:
             st = os.stat(entry.path)
@@ -130,11 +138,11 @@ class ResponseCache:
         if entry.second != second:
             entry.variants.clear()
             entry.second = second
-        variant = head | close << 1 | secure << 2
+        variant = head | close << 1 | bool(hsts) << 2  # one HSTS value per server
         response = entry.variants.get(variant)
         if response is None:
             plan = entry.plan
-            response = self.server.response_head(plan, response_headers(plan, close, secure))
+            response = self.server.response_head(plan, response_headers(plan, close, hsts))
             if not head:
                 response += entry.body
             entry.variants[variant] = response
@@ -274,20 +282,21 @@ class FastProtocol(asyncio.Protocol):
         server = self.server
         if request.body_size > self.limits.max_body or (server.redirect_https and not self.secure):
             return None
+        if request.version == "1.1" and "host" not in request.headers:
+            return None  # the stream session answers 400
         close = not request.keep_alive or server.closing
-        response = server.response_cache.lookup(request, self.secure, close)
+        hsts = server.hsts_for(request.headers) if self.secure else ""
+        response = server.response_cache.lookup(request, hsts, close)
         if response is not None:
             if access_log.isEnabledFor(logging.INFO):
                 size = server.response_cache.body_size(request)
                 log_access(server, self.ip, request, 200, size)
             return response, close
-        return self._plan(request, close)
+        return self._plan(request, close, hsts)
 
-    def _plan(self, request: Request, close: bool) -> tuple[bytes, bool] | None:
+    def _plan(self, request: Request, close: bool, hsts: str) -> tuple[bytes, bool] | None:
         """Plan the answer as the stream session would; None when the body must be streamed."""
         server = self.server
-        if request.version == "1.1" and "host" not in request.headers:
-            return None
         try:
             plan = server.files.plan(request.method, request.target, request.headers)
         except Exception:
@@ -304,7 +313,7 @@ class FastProtocol(asyncio.Protocol):
             except OSError:
                 plan = error_plan(404, "no such file")
         close = close or plan.status in CLOSE_AFTER
-        out = [server.response_head(plan, response_headers(plan, close, self.secure))]
+        out = [server.response_head(plan, response_headers(plan, close, hsts))]
         sent = 0
         if not head:
             for part in plan.parts:
@@ -345,7 +354,9 @@ class FastProtocol(asyncio.Protocol):
         self._closing = True
         self.server._fast.discard(self)
         transport = self.transport
-        if transport is not None:
+        # closed already (a TLS transport after the peer's EOF): a second close() of an SSL
+        # transport drops its protocol, and asking its buffer size then raises
+        if transport is not None and not transport.is_closing():
             transport.close()
             if transport.get_write_buffer_size():
                 self._sooner(self.loop.time() + self.limits.write_timeout)

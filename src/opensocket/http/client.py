@@ -183,6 +183,7 @@ class ResponseStream:
     http_version: str
     redirects: tuple[str, ...]
     bytes_read: int = 0
+    raw_headers: Headers = ()  # names as the server sent them (``headers`` has them lower case)
     _exchange: _Exchange | None = field(default=None, repr=False)
 
     def header(self, name: str, default: str | None = None) -> str | None:
@@ -214,6 +215,7 @@ class _Exchange:
     def __init__(self, stream: Stream, url: Url, timeout: float, max_head_size: int) -> None:
         self.stream = stream
         self.peer = url.address.hostport
+        self.https = url.scheme == "https"
         self.timeout = timeout
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
         self.max_head_size = max_head_size
@@ -252,6 +254,12 @@ class _Exchange:
     def _malformed(self, exc: h11.RemoteProtocolError) -> MalformedResponse:
         if "buffer too long" in str(exc):
             return self._too_large()
+        if self.eof and not self.got_head and self.https:
+            # TLS 1.3 finishes the client's handshake before the server checks its certificate
+            return MalformedResponse(
+                f"{self.peer}: the server closed the TLS connection without answering: if it "
+                "requires a client certificate, pass --tls-cert and --tls-key"
+            )
         if self.eof and not self.got_head:
             return MalformedResponse(
                 f"{self.peer} closed the connection without a response (an https:// server "
@@ -402,6 +410,9 @@ async def open_response(
                 status=head.status_code,
                 reason=head.reason.decode("latin-1"),
                 headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers),
+                raw_headers=tuple(
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers.raw_items()
+                ),
                 url=str(request.url),
                 http_version=head.http_version.decode("ascii"),
                 redirects=tuple(history),

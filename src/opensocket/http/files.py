@@ -21,6 +21,7 @@ import functools
 import html
 import mimetypes
 import os
+import secrets
 import stat
 import time
 import urllib.parse
@@ -41,7 +42,6 @@ __all__ = [
 
 ALLOWED_METHODS: Final = ("GET", "HEAD")
 MAX_RANGES: Final = 16  # more ranges than this: the whole file (RFC 9110 lets us ignore Range)
-_BOUNDARY: Final = "opensocket-byteranges-7d3f1a"
 _REASONS: Final = {
     200: "OK",
     206: "Partial Content",
@@ -222,6 +222,8 @@ class StaticFiles:
         real, st, url_path = found
         if stat.S_ISDIR(st.st_mode):
             return self._directory(real, url_path, target, headers, extra, method)
+        if target.split("?", 1)[0].split("#", 1)[0].endswith("/"):
+            return error_plan(404, "no such file")  # a file is not a folder (as nginx says)
         return self._file(real, st, headers, extra, head=method == "HEAD")
 
     # ---- the jail ----------------------------------------------------------------------------
@@ -370,17 +372,18 @@ class StaticFiles:
         ranges: list[tuple[int, int]],
         meta: tuple[tuple[str, str], ...],
     ) -> Plan:
+        boundary = secrets.token_hex(16)  # per response: no file can be made to contain it
         parts: list[bytes | FileRange] = []
         for start, end in ranges:
             head = (
-                f"\r\n--{_BOUNDARY}\r\nContent-Type: {ctype}\r\n"
+                f"\r\n--{boundary}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Range: bytes {start}-{end}/{st.st_size}\r\n\r\n"
             )
             parts += [head.encode(), FileRange(start, end - start + 1)]
-        parts.append(f"\r\n--{_BOUNDARY}--\r\n".encode())
+        parts.append(f"\r\n--{boundary}--\r\n".encode())
         length = sum(p.length if isinstance(p, FileRange) else len(p) for p in parts)
         hdrs = (
-            ("Content-Type", f"multipart/byteranges; boundary={_BOUNDARY}"),
+            ("Content-Type", f"multipart/byteranges; boundary={boundary}"),
             ("Content-Length", str(length)),
             *meta,
         )

@@ -5,6 +5,8 @@ count, time to arrive), a bounded request body, streamed file bodies, admission 
 TLS from the rest of opensocket, graceful close, and one access-log line per response in
 common log format on the ``opensocket.http.access`` logger. Admission runs on the plain
 accepted socket, before any TLS handshake: a refused HTTPS client is closed at no TLS cost.
+A failed handshake still sends the client its TLS alert (or, to a plain HTTP request, a
+clear-text 400); HSTS goes out over TLS, except to localhost and IP literals.
 
 Each admitted connection starts on ``_fast.FastProtocol``, which answers whatever is ready at
 once (small files from a whole-response cache, errors, listings) inside ``data_received``;
@@ -44,6 +46,7 @@ from ._fast import (
     response_headers,
 )
 from ._parser import Request, RequestParser
+from ._tls import TellingSSLObject, handshake_socket, local_host
 from .access import LOG_FORMATS
 from .files import (
     ALLOWED_METHODS,
@@ -59,6 +62,7 @@ __all__ = ["HttpLimits", "HttpServer", "http_address", "serve_http"]
 
 log = logging.getLogger("opensocket.http")
 access_log = logging.getLogger("opensocket.http.access")
+HSTS_MAX_AGE: Final = 31_536_000  # a year, as the issue asked for HTTPS servers
 _SCHEMES: Final = {"http": "tcp", "https": "tls", "tcp": "tcp", "tls": "tls", "unix": "unix"}
 
 
@@ -345,7 +349,8 @@ class _Session:
                 plan = error_plan(404, "no such file")
         sent = 0
         try:
-            out = [self.server.response_head(plan, response_headers(plan, close, self.secure))]
+            hsts = self.server.hsts_for(request.headers) if self.secure and request else ""
+            out = [self.server.response_head(plan, response_headers(plan, close, hsts))]
             if not head_only:  # head and small body go out in one write
                 sent = await self._send_body(plan, source, out)
             await self._write(out)
@@ -427,6 +432,7 @@ class HttpServer:
         show_hidden: bool,
         log_format: str = "common",
         redirect_https: bool = False,
+        hsts_max_age: int | None = HSTS_MAX_AGE,
     ) -> None:
         if log_format not in LOG_FORMATS:
             raise ConfigError(
@@ -435,6 +441,10 @@ class HttpServer:
         self.files = StaticFiles(root, show_hidden=show_hidden)
         self.log_format = log_format
         self.redirect_https = redirect_https
+        if hsts_max_age is not None and hsts_max_age < 0:
+            raise ConfigError(f"hsts_max_age must be 0 (no HSTS) or seconds, not {hsts_max_age}")
+        self.hsts = f"max-age={hsts_max_age}" if hsts_max_age else ""
+        self._hsts_hosts: dict[str, bool] = {}
         self.limits = limits
         self.server_limits = server_limits
         self.options = options
@@ -458,6 +468,8 @@ class HttpServer:
         ctx = None
         if addr.is_tls:
             ctx = tlsmod.server_context(self._tls_options)
+            if ctx.sslobject_class is ssl.SSLObject:  # (a caller's own class stays)
+                ctx.sslobject_class = TellingSSLObject
         accepted = partial(self._accepted, ctx)
         for sock in bind_sockets(addr, self.options) if socks is None else socks:
             srv = await loop.create_server(
@@ -483,6 +495,20 @@ class HttpServer:
     def url(self) -> str:
         """The first bound address as a URL."""
         return self.urls[0]
+
+    def hsts_for(self, headers: dict[str, str]) -> str:
+        """The Strict-Transport-Security value for a request over TLS ("" for none): none for
+        ``localhost``, ``*.localhost`` and IP literals, which it would pin to HTTPS for every
+        local development server (RFC 6797 8.1: browsers ignore it for IP literals anyway)."""
+        if not self.hsts:
+            return ""
+        host = headers.get("host", "")
+        applies = self._hsts_hosts.get(host)  # one dict lookup per request on the hot path
+        if applies is None:
+            if len(self._hsts_hosts) >= 256:
+                self._hsts_hosts.clear()  # Host is the client's to choose: bounded
+            applies = self._hsts_hosts[host] = not local_host(host)
+        return self.hsts if applies else ""
 
     def response_head(self, plan: Plan, headers: tuple[tuple[str, str], ...]) -> bytes:
         """The status line and headers as bytes, reused while the same file is served within
@@ -541,6 +567,7 @@ class HttpServer:
     ) -> None:
         loop = asyncio.get_running_loop()
         timeout = self.server_limits.handshake_timeout
+        handshake_socket.set(sock)  # this task's context only: see TellingSSLObject
         try:
             transport, _ = await loop.connect_accepted_socket(
                 Early, sock, ssl=ctx, ssl_handshake_timeout=timeout
@@ -706,12 +733,14 @@ async def serve_http(
     log_format: str = "common",
     redirect_https: bool = False,
     sockets: Sequence[list[socket.socket]] | None = None,
+    hsts_max_age: int | None = HSTS_MAX_AGE,
 ) -> HttpServer:
     """Serve the files under ``root`` on ``urls`` (``http://``, ``https://``, ``HOST:PORT``).
 
     With ``redirect_https``, requests on the plain addresses get a 308 to the first https:// one.
     ``sockets``: listening sockets bound already (``bind_http``), one list per URL, in order,
-    e.g. inherited by a worker process.
+    e.g. inherited by a worker process. ``hsts_max_age``: the Strict-Transport-Security
+    max-age sent over TLS (never to localhost or an IP literal); 0 or None sends none.
     """
     if not os.path.isdir(root):
         raise ConfigError(f"{os.fspath(root)!r} is not a folder: give the folder to serve")
@@ -725,6 +754,7 @@ async def serve_http(
         show_hidden=show_hidden,
         log_format=log_format,
         redirect_https=redirect_https,
+        hsts_max_age=hsts_max_age,
     )
     try:
         addrs = [http_address(url) for url in many]
