@@ -96,6 +96,15 @@ def test_bad_fault_raises_in_the_caller(raw_echo: sync.Server) -> None:
         assert proxy.list_faults() == []
 
 
+def test_datagram_faults_refused_on_a_stream_proxy(raw_echo: sync.Server) -> None:
+    with BackgroundProxy("tcp://127.0.0.1:0", raw_echo.url) as proxy:
+        for add in (lambda: proxy.loss(0.2), lambda: proxy.duplicate(1), lambda: proxy.reorder(1)):
+            with pytest.raises(ConfigError, match=r"applies to udp:// .* proxies only"):
+                add()
+        assert proxy.list_faults() == []
+        assert proxy.stall() == 1  # a stream fault still goes in
+
+
 def test_start_failure_stops_the_thread(raw_echo: sync.Server) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

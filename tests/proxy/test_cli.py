@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from opensocket.cli import main
+from opensocket.errors import ConfigError
 from opensocket.proxy import BackgroundProxy
 
 from ..cli.conftest import EchoServers, run_cli
@@ -134,6 +135,8 @@ def test_ctl_in_process(controlled: BackgroundProxy, capsys: pytest.CaptureFixtu
         (["add", "reset"], "needs nbytes"),
         (["add", "latency", "--delay", "soon"], "not a duration"),
         (["add", "loss", "--rate", "lots"], "fraction from 0 to 1"),
+        (["add", "loss", "--rate", "0.2"], "a loss fault applies to udp://"),
+        (["add", "reorder", "--rate", "0.5", "--json"], "a reorder fault applies to udp://"),
     ],
 )
 def test_ctl_refusals_are_usage_errors(
@@ -142,6 +145,18 @@ def test_ctl_refusals_are_usage_errors(
     assert main(["proxy", "ctl", str(controlled.control_address), *argv]) == 2
     assert message in capsys.readouterr().err
     assert controlled.list_faults() == []
+
+
+def test_udp_only_fault_refused_the_same_way_everywhere(
+    controlled: BackgroundProxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        controlled.duplicate(0.2)
+    assert main(["proxy", "ctl", str(controlled.control_address), "add", "duplicate"]) == 2
+    ctl = capsys.readouterr().err
+    assert main(["proxy", "tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--duplicate", "0.2"]) == 2
+    startup = capsys.readouterr().err
+    assert str(refused.value) in ctl and str(refused.value) in startup
 
 
 def test_control_protocol_answers_bad_requests(controlled: BackgroundProxy) -> None:

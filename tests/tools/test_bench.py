@@ -228,6 +228,39 @@ def test_cli_json_and_plot(server: BenchServer, tmp_path: Path, capsys: Any) -> 
     assert len(data) > 5000
 
 
+@pytest.mark.parametrize("json_mode", [False, True])
+@pytest.mark.parametrize("where", ["missing/x.png", "folder"])
+def test_unwritable_plot_is_refused_before_the_test(
+    server: BenchServer, tmp_path: Path, capsys: Any, json_mode: bool, where: str
+) -> None:
+    (tmp_path / "folder").mkdir()
+    argv = ["bench", server.url, "-t", str(SHORT), "--plot", str(tmp_path / where)]
+    assert main(argv + (["--json"] if json_mode else [])) == 2
+    captured = capsys.readouterr()
+    assert "--plot" in captured.err
+    assert ("does not exist" if where.startswith("missing") else "is a folder") in captured.err
+    if json_mode:  # the error object alone: no measurement was made
+        assert json.loads(captured.out)["exit"] == 2
+    else:
+        assert captured.out == ""  # not even the "Connecting to" banner
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_plot_failing_after_the_test_keeps_the_results(
+    server: BenchServer, capsys: Any, json_mode: bool
+) -> None:
+    # /dev/full: the folder is writable, the write fails (ENOSPC) once the test is done
+    argv = ["bench", server.url, "-t", str(SHORT), "-i", "0", "--plot", "/dev/full"]
+    assert main(argv + (["--json"] if json_mode else [])) == 1
+    captured = capsys.readouterr()
+    assert "opensocket bench: warning: --plot: cannot write /dev/full" in captured.err
+    if json_mode:
+        check_schema(json.loads(captured.out))
+    else:
+        assert "[SUM]" in captured.out and "receiver" in captured.out
+        assert "plot written" not in captured.out
+
+
 def test_cli_text_output(server: BenchServer, capsys: Any) -> None:
     assert main(["bench", server.url, "-u", "-b", "5M", "-t", str(SHORT), "-i", "0.1"]) == 0
     out = capsys.readouterr().out
@@ -379,6 +412,7 @@ def test_ctrl_c_prints_the_summary_so_far_and_exits_130() -> None:
                 proc.kill()
                 proc.wait()
     assert proc.returncode == 130, err
+    assert "opensocket bench: interrupted" in err
     summary = [line for line in out.splitlines() if line.startswith("[SUM]")]
     assert len(summary) == 1
     assert "sender (interrupted" in summary[0]

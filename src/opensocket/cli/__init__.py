@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.execute(args))
     except KeyboardInterrupt:
-        return 130
+        from ._common import report_interrupted  # here: start-up time matters for quick tools
+
+        return report_interrupted(args.command, json_mode=json_mode)
     except (AddressError, ConfigError) as exc:
         return report_failure(prefix + error_text(exc), 2, json_mode=json_mode)
     except OpenSocketError as exc:

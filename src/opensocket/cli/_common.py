@@ -9,9 +9,10 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..address import Address
 from ..errors import ConfigError
@@ -30,7 +31,9 @@ __all__ = [
     "limits_from",
     "print_json",
     "protocol_from",
+    "reachable_addresses",
     "reject_framed_flags",
+    "report_interrupted",
     "stop_on_signals",
     "tls_from",
 ]
@@ -352,3 +355,50 @@ def stop_on_signals() -> Iterator[asyncio.Event]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def report_interrupted(command: str, *, json_mode: bool, hint: str = "") -> int:
+    """Ctrl-C: ``opensocket COMMAND: interrupted`` (and ``: hint``) on stderr; with --json also
+    ``{"error": "interrupted", "exit": 130}`` on stdout, so a script still gets its object.
+    Return 130."""
+    print(f"opensocket {command}: interrupted" + (f": {hint}" if hint else ""), file=sys.stderr)
+    if json_mode:
+        with contextlib.suppress(OSError):  # stdout may be a pipe its reader closed
+            print_json({"error": "interrupted", "exit": 130})
+    return 130
+
+
+_ANY_HOST: Final = {"0.0.0.0": (socket.AF_INET,), "::": (socket.AF_INET6,)}
+
+
+def reachable_addresses(addr: Address) -> list[Address]:
+    """Addresses another machine can use to reach ``addr``: for a wildcard bind (``*``,
+    ``0.0.0.0``, ``::``), this host's non-loopback interface addresses with the same scheme and
+    port (IPv4 first, IPv6 link-local left out), or its hostname when it has none; otherwise
+    ``[addr]``. Pass the address as given (``*``), not what a dual-stack socket reports (``::``),
+    which stands for IPv6 only."""
+    if addr.is_wildcard:
+        families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
+    elif addr.host in _ANY_HOST:
+        families = _ANY_HOST[addr.host]
+    else:
+        return [addr]
+    hosts = [host for family in families for host in _interface_hosts(family)]
+    return [Address(addr.scheme, host, addr.port) for host in hosts or [socket.gethostname()]]
+
+
+def _interface_hosts(family: int) -> list[str]:
+    """This host's addresses of ``family`` that another machine may reach, without repeats."""
+    import psutil
+
+    found: list[str] = []
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family != family:
+                continue
+            ip = ipaddress.ip_address(entry.address.split("%", 1)[0])
+            if ip.is_loopback or (ip.version == 6 and ip.is_link_local):
+                continue  # link-local IPv6 needs a %zone the other machine names differently
+            if str(ip) not in found:
+                found.append(str(ip))
+    return found

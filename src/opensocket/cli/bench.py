@@ -8,12 +8,13 @@ prints the result document (schema opensocket.bench/1); ``--plot`` draws it.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from typing import Any, Final
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OpenSocketError
 from ..tools._bench_proto import SCHEMA, BenchParams, parse_size
 from ..tools.bench import (
     DEFAULT_PORT,
@@ -44,7 +45,9 @@ examples:
 URL is HOST[:PORT] (tcp) or tcp://, tls://, udp:// HOST[:PORT]; the port defaults to
 {DEFAULT_PORT}. Sizes take K/M/G suffixes (binary: 128K = 131072 bytes); bitrates too (decimal
 bits/s: 100M = 100,000,000). Ctrl-C prints the summary so far. Exit status: 0 done, 1 failed
-(no server, not a bench server, TLS, refused), 2 bad options, 130 interrupted.
+(no server, not a bench server, TLS, refused; or the --plot file could not be written after
+the results were printed), 2 bad options (a --plot folder that is missing or not writable is
+found before the test), 130 interrupted.
 """
 
 SERVE_EPILOG: Final = f"""\
@@ -183,6 +186,7 @@ def _client(args: argparse.Namespace) -> int:
         from ..tools.bench_plot import _pyplot
 
         _pyplot()  # matplotlib missing: say so before the test, not after it
+        _check_plot_path(args.plot)
     printer = _IntervalPrinter(params, show=not args.json and params.interval > 0)
     if not args.json:
         print(
@@ -210,16 +214,38 @@ def _client(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _interrupted(printer, args.json)
         return 130
-    if args.plot:
-        from ..tools.bench_plot import plot_result
-
-        plot_result(result, args.plot)
     if args.json:
         print_json(result.data)
     else:
-        print("\n".join(summary_lines(result)))
-        if args.plot:
-            print(f"plot written to {args.plot}")
+        print("\n".join(summary_lines(result)), flush=True)
+    return _plot(result, args.plot, quiet=args.json) if args.plot else 0
+
+
+def _check_plot_path(path: str) -> None:
+    """ConfigError unless the PNG can be written: found out before the test, not after it."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--plot {path} is a folder: give a file name such as {path}/bench.png")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(
+            f"--plot: the folder {folder} does not exist: create it or choose another path"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--plot: cannot write in {folder} (permission denied)")
+
+
+def _plot(result: BenchResult, path: str, *, quiet: bool) -> int:
+    """Draw the PNG once the result is out; a failure now is a warning (exit 1), since the
+    measurements were already printed."""
+    from ..tools.bench_plot import plot_result
+
+    try:
+        plot_result(result, path)
+    except OpenSocketError as exc:
+        print(f"opensocket bench: warning: {exc} (the results above are complete)", file=sys.stderr)
+        return 1
+    if not quiet:
+        print(f"plot written to {path}")
     return 0
 
 
@@ -229,6 +255,7 @@ def _interrupted(printer: _IntervalPrinter, as_json: bool) -> None:
     total = sum(r["sum"]["bytes"] for r in records)
     seconds = records[-1]["end"] if records else 0.0
     role = "receiver" if printer.params.reverse else "sender"
+    print("opensocket bench: interrupted", file=sys.stderr)
     if as_json:
         print_json(
             {

@@ -181,13 +181,10 @@ def startup_faults(args: argparse.Namespace) -> list[Fault]:
     return faults
 
 
-def _check_udp_faults(proxy: Proxy, faults: list[Fault], inspect: bool) -> None:
-    datagram_only = {f.kind for f in faults} & {"loss", "duplicate", "reorder"}
-    if datagram_only and not proxy.is_datagram:
-        raise ConfigError(
-            f"--{sorted(datagram_only)[0]} applies to udp:// proxies; streams never lose, "
-            "duplicate or reorder bytes (try --reset-after-bytes or --corrupt)"
-        )
+def _check(proxy: Proxy, faults: list[Fault], inspect: bool) -> None:
+    """Refuse what does not apply before anything is bound (the same check as 'ctl add')."""
+    for fault in faults:
+        proxy.check_fault(fault)
     if inspect and proxy.is_datagram:
         raise ConfigError("--inspect decodes opensocket frames on streams: use tcp:// or unix://")
 
@@ -250,7 +247,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
         inspect=_printer(args.json) if args.inspect else None,
         control=args.control,
     )
-    _check_udp_faults(proxy, faults, args.inspect)
+    _check(proxy, faults, args.inspect)
 
     async def main() -> None:
         with stop_on_signals() as stop:

@@ -9,7 +9,7 @@ from typing import Any, Final
 from ..address import Address, stream_address
 from ..errors import ConfigError
 from ..transfer import Options, TransferSummary, generate_code, receive, send
-from ._common import add_tls_args, print_json, tls_from
+from ._common import add_tls_args, print_json, reachable_addresses, report_interrupted, tls_from
 
 __all__ = ["HELPS", "configure", "execute"]
 
@@ -54,6 +54,8 @@ examples:
 """
 
 _SUFFIXES: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_ALTERNATIVES: Final = 3  # other addresses named in the hint (a host may have many)
+_RESUME: Final = "run the same command again to resume"
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -181,16 +183,23 @@ def _code(args: argparse.Namespace, addr: Address) -> str | None:
     return None
 
 
-def _announce(args: argparse.Namespace, code: str | None) -> Any:
+def _announce(args: argparse.Namespace, listen: Address, code: str | None) -> Any:
     other = "receive" if args.command == "send" else "send PATH..."
 
     def announce(addr: Address) -> None:
         print(f"listening on {addr}", file=sys.stderr, flush=True)
         if code is not None and args.code is None:
             print(f"code: {code}", file=sys.stderr, flush=True)
+            # '*' as given, not the '::' the dual-stack socket reports: both families apply
+            first, *others = reachable_addresses(listen.with_port(addr.port))
             print(
-                f"on the other side run: opensocket {other} {addr} --code {code}", file=sys.stderr
+                f"on the other side run: opensocket {other} {first} --code {code}",
+                file=sys.stderr,
             )
+            if others:
+                more = ", ".join(map(str, others[:_ALTERNATIVES]))
+                more += ", ..." if len(others) > _ALTERNATIVES else ""
+                print(f"  (this machine is also at {more})", file=sys.stderr)
 
     return announce
 
@@ -217,13 +226,17 @@ def execute(args: argparse.Namespace) -> int:
         "tls": tls,
         "options": opts,
         "progress": bars,
-        "announce": _announce(args, code),
+        "announce": _announce(args, addr, code),
     }
     try:
         if args.command == "send":
             summary: TransferSummary = send(paths, addr, **common)
         else:
             summary = receive(addr, args.dir, **common)
+    except KeyboardInterrupt:
+        bars.stop()  # before the message, or the bars would overdraw it
+        hint = _RESUME if args.command == "send" or bars.begun else ""
+        return report_interrupted(args.command, json_mode=args.json, hint=hint)
     finally:
         bars.stop()
     return _finish(args, summary)
@@ -270,10 +283,18 @@ def summary_line(summary: TransferSummary) -> str:
         parts.append(f"{_plural(summary.present, 'file')} already there")
     if summary.resumed_bytes:
         parts.append(f"{_size(summary.resumed_bytes)} resumed")
-    for status in ("skipped", "failed"):
-        if summary.count(status):
-            parts.append(f"{summary.count(status)} {status}")
+    skipped, why = summary.count("skipped"), _reasons(summary, "skipped")
+    if skipped:
+        parts.append(f"{skipped} skipped" + (f" ({why})" if why else ""))
+    if summary.count("failed"):
+        parts.append(f"{summary.count('failed')} failed")
     return "; ".join(parts) + f" [{summary.encryption}, {summary.hash}]"
+
+
+def _reasons(summary: TransferSummary, status: str, most: int = 2) -> str:
+    """Why files got ``status``: the distinct reasons, the first ``most`` of them."""
+    reasons = list(dict.fromkeys(f.error for f in summary.files if f.status == status and f.error))
+    return ", ".join(reasons[:most]) + (", ..." if len(reasons) > most else "")
 
 
 class Bars:
@@ -281,6 +302,7 @@ class Bars:
 
     def __init__(self, enabled: bool) -> None:
         self.bar: Any = None
+        self.begun = False  # the files are agreed on: an interrupted run can resume
         if not enabled:
             return
         from rich.console import Console
@@ -306,6 +328,7 @@ class Bars:
 
     def start(self, files: int, total: int) -> None:
         """The overall bar."""
+        self.begun = True
         if self.bar is not None:
             self.bar.update(self.total, total=total, visible=True, description=f"{files} files")
             self.bar.start()

@@ -31,6 +31,7 @@ FaultId = int
 T = TypeVar("T")
 Number = float | str
 START_TIMEOUT: Final = 10.0
+DATAGRAM_KINDS: Final = frozenset({"loss", "duplicate", "reorder"})  # UDP proxies only
 
 
 class FaultMethods:
@@ -309,8 +310,21 @@ class Proxy(FaultMethods):
     def _now(self) -> float:
         return self._loop.time() if self._loop is not None else 0.0
 
+    def check_fault(self, fault: Fault) -> None:
+        """ConfigError unless ``fault`` applies to this proxy (loss, duplicate and reorder are
+        for datagrams: a stream proxy refuses them rather than accept a fault that never acts)."""
+        if fault.kind in DATAGRAM_KINDS and not self.is_datagram:
+            raise ConfigError(
+                f"a {fault.kind} fault applies to udp:// (and rudp://) proxies only: streams "
+                "never lose, duplicate or reorder bytes (use a reset, close or corrupt fault)"
+            )
+
     def add(self, fault: Fault) -> FaultId:
-        """Put ``fault`` in force now, for new and open connections; return its id."""
+        """Put ``fault`` in force now, for new and open connections; return its id.
+
+        ConfigError when the fault does not apply to this proxy (see ``check_fault``).
+        """
+        self.check_fault(fault)
         fault_id = self.faults.add(fault, self._now())
         self._changed()
         return fault_id

@@ -48,24 +48,38 @@ def _entry(path: str, rel: str, st: os.stat_result) -> Entry:
     return Entry(rel, kind, size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), alloc)
 
 
-def _usable(local: str, rel: str, st: os.stat_result, warn: Callable[[str], None]) -> bool:
+Skip = Callable[[str, str, str], None]  # (local path, name offered, why)
+
+
+def _usable(local: str, rel: str, st: os.stat_result, skip: Skip) -> bool:
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        warn(f"skipped {local}: not a regular file or folder")
+        skip(local, rel, "not a regular file or folder")
         return False
     try:
         rel.encode()
     except UnicodeEncodeError:
-        warn(f"skipped {local}: its name is not valid UTF-8")
+        skip(local, rel, "its name is not valid UTF-8")
         return False
     return True
 
 
-def scan(paths: Sequence[str], warn: Callable[[str], None] = log.warning) -> list[Source]:
+def scan(
+    paths: Sequence[str],
+    warn: Callable[[str], None] = log.warning,
+    skipped: list[FileResult] | None = None,
+) -> list[Source]:
     """Files and folders under ``paths`` (recursively), named relative to each path's parent.
 
-    Symlinks inside folders, devices, fifos and sockets are skipped with a warning; a path
-    given on the command line is followed if it is a symlink.
+    Symlinks inside folders, devices, fifos and sockets are skipped with a warning (and a
+    "skipped" result appended to ``skipped``); a path given on the command line is followed
+    if it is a symlink.
     """
+
+    def skip(local: str, rel: str, why: str) -> None:
+        warn(f"skipped {local}: {why}")
+        if skipped is not None:
+            skipped.append(FileResult(rel, "skipped", error=why))
+
     sources: list[Source] = []
     for path in paths:
         try:
@@ -73,28 +87,35 @@ def scan(paths: Sequence[str], warn: Callable[[str], None] = log.warning) -> lis
         except OSError as exc:
             raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from exc
         base = os.path.basename(os.path.normpath(os.path.abspath(path)))
-        if _usable(path, base, st, warn):
+        if _usable(path, base, st, skip):
             sources.append(Source(_entry(path, base, st), path))
         if stat.S_ISDIR(st.st_mode):
-            sources.extend(_walk(path, base, warn))
+            sources.extend(_walk(path, base, skip))
     return sources
 
 
-def _walk(top: str, base: str, warn: Callable[[str], None]) -> list[Source]:
+def _walk(top: str, base: str, skip: Skip) -> list[Source]:
     found: list[Source] = []
-    for root, dirs, files in os.walk(top, onerror=lambda exc: warn(f"skipped: {exc}")):
-        dirs.sort()
+
+    def named(local: str) -> str:
         # relpath, not slicing: "photos/" or "photos//" as top must not glue names together
-        sub = os.path.relpath(root, top)
-        rel_root = base if sub == os.curdir else "/".join([base, *sub.split(os.sep)])
+        sub = os.path.relpath(local, top)
+        return base if sub == os.curdir else "/".join([base, *sub.split(os.sep)])
+
+    def unreadable(exc: OSError) -> None:
+        local = str(exc.filename)
+        skip(local, named(local), exc.strerror or str(exc))
+
+    for root, dirs, files in os.walk(top, onerror=unreadable):
+        dirs.sort()
+        rel_root = named(root)
         for name in [*dirs, *sorted(files)]:
             local = os.path.join(root, name)
             st = os.lstat(local)
-            if stat.S_ISLNK(st.st_mode):
-                warn(f"skipped {local}: symlinks are not sent")
-                continue
             rel = f"{rel_root}/{name}"
-            if _usable(local, rel, st, warn):
+            if stat.S_ISLNK(st.st_mode):
+                skip(local, rel, "symlinks are not sent")
+            elif _usable(local, rel, st, skip):
                 found.append(Source(_entry(local, rel, st), local))
     return found
 
@@ -213,11 +234,16 @@ class _Sender:
             if isinstance(item, BaseException):
                 raise item
             offset, payload, flags, length, buf = item
+            if payload is None:  # a hole: nothing to send
+                self.progress.advance(length)
+                continue
             try:
                 self.link.send(Rec.DATA, payload, arg=offset, flags=flags)
             finally:
                 self.free.put(buf)
             self.summary.data_bytes += length
+            # advanced once sent, not when read: the reader runs up to _BUFFERS blocks ahead
+            self.progress.advance(length)
             if self.opts.rate_limit:
                 self._pace(length)
 
@@ -237,7 +263,7 @@ class _Sender:
             data_at = data_extent(fd, offset, size)
             if data_at >= size or data_at - offset >= BLOCK:  # a hole: not read, not sent
                 hasher.zeros_until(size if data_at >= size else data_at - data_at % BLOCK)
-                self.progress.advance(hasher.offset - offset)
+                self.out.put((offset, None, 0, hasher.offset - offset, None))
                 continue
             length = min(BLOCK, size - offset)
             buf = self.free.get()
@@ -248,7 +274,6 @@ class _Sender:
             hasher.update(block)
             flags, payload = self._pack(block)
             self.out.put((offset, payload, flags, length, buf))
-            self.progress.advance(length)
 
     def _pack(self, block: memoryview) -> tuple[int, bytes | memoryview]:
         if self.zstd is not None:
@@ -303,11 +328,13 @@ def send(
 ) -> TransferSummary:
     """Send files and folders to a receiver at ``url`` (or to one that connects, ``listen``)."""
     opts = options or Options()
-    sources = scan(paths)
+    skipped: list[FileResult] = []
+    sources = scan(paths, skipped=skipped)
     if not sources:
         raise TransferError("nothing to send: the paths given hold no regular file or folder")
     link = open_link(url, listen=listen, tls=tls, timeout=opts.timeout, announce=announce)
     sender = _Sender(link, sources, opts, progress or NoProgress())
+    sender.summary.files.extend(skipped)
     try:
         return sender.run()
     except OpenSocketError as exc:
