@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -87,3 +88,56 @@ def test_serve_subprocess_http_and_https(tmp_path: Path) -> None:
         assert done.stdout.endswith(b"<h1>home</h1>")
     finally:
         assert _stop(proc)[0] == 0
+
+
+def test_wildcard_banner_names_localhost_and_this_machine(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<h1>home</h1>")
+    proc, url = _serve([str(tmp_path), "--listen", "*:0"])
+    try:
+        assert url.startswith("http://localhost:")  # not http://[::]:PORT/
+        assert httpx.get(url, timeout=5).text == "<h1>home</h1>"
+        assert proc.stdout is not None
+        others = proc.stdout.readline()
+        assert others.startswith("  from other machines: http://")
+        assert "[::]" not in others and "0.0.0.0" not in others and "127.0.0.1" not in others
+    finally:
+        assert _stop(proc)[0] == 0
+
+
+def test_json_access_log_keeps_stdout_json(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opensocket", "http", "serve", str(tmp_path), "--listen",
+         "127.0.0.1:0", "--access-log", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    banner = json.loads(proc.stdout.readline())
+    assert banner["event"] == "listening" and banner["workers"] == 1
+    url = banner["urls"][0]
+    try:
+        assert httpx.get(url + "a.txt", timeout=5).text == "a"
+    finally:
+        code, out = _stop(proc)
+    assert code == 0
+    assert [json.loads(line)["status"] for line in out.splitlines()] == [200]
+
+
+def test_hsts_max_age_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "index.html").write_text("<h1>home</h1>")
+    pki = make_pki(tmp_path)
+    tls = ["--tls-cert", pki.server_cert, "--tls-key", pki.server_key]
+    proc, url = _serve(
+        [str(tmp_path), "--listen", "https://127.0.0.1:0", "--hsts-max-age", "0", *tls]
+    )
+    try:
+        done = subprocess.run(
+            ["curl", "-sS", "-i", "--cacert", pki.ca_cert, "-H", "Host: www.example.test", url],
+            capture_output=True, timeout=10, check=True,
+        )  # fmt: skip
+        assert done.stdout.startswith(b"HTTP/1.1 200") and b"Strict-Transport" not in done.stdout
+    finally:
+        assert _stop(proc)[0] == 0
+    argv = ["http", "serve", str(tmp_path), "--listen", "https://127.0.0.1:0", *tls]
+    assert main([*argv, "--hsts-max-age", "-5"]) == 2
+    assert "--hsts-max-age must be 0 (none) or seconds" in capsys.readouterr().err

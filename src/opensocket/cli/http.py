@@ -13,6 +13,7 @@ import stat
 import sys
 import time
 import typing
+import urllib.parse
 from collections.abc import Iterator
 from typing import IO, Any, Final, TextIO
 
@@ -23,7 +24,7 @@ from ..errors import BinaryOutputRefused, ConfigError, OpenSocketError
 from ..http import HttpLimits, serve_http
 from ..http.access import LOG_FORMATS, BufferedLineHandler, SharedLines
 from ..http.client import HttpError, MalformedResponse, ResponseStream, open_response
-from ..http.server import access_log, bind_http, check_redirect, http_address
+from ..http.server import HSTS_MAX_AGE, access_log, bind_http, check_redirect, http_address
 from ..options import TLSOptions
 from ..prefork import run_workers
 from ._common import (
@@ -34,6 +35,7 @@ from ._common import (
     check_tls_flags,
     limits_from,
     print_json,
+    reachable_addresses,
     stop_on_signals,
     tls_from,
 )
@@ -52,7 +54,9 @@ serves DIR (default: the current folder) on {DEFAULT_LISTEN} unless --listen say
 prints the URL to open, and runs until Ctrl-C or SIGTERM (exit code 0 after a clean shutdown).
 Files are answered with ETag/Last-Modified, conditional requests and Range requests; a folder
 shows its index.html or a listing. Nothing outside DIR is ever served, nor hidden files unless
---show-hidden. -v logs every request in common log format.
+--show-hidden. Every request is logged on stdout (--access-log common, combined or json;
+--quiet for none); with --access-log json the start banner is a JSON line too. Over TLS,
+responses carry HSTS (--hsts-max-age), except to localhost and IP addresses.
 
 examples:
   opensocket http serve                                   # the current folder on {DEFAULT_LISTEN}
@@ -83,6 +87,7 @@ examples:
   opensocket http get -o big.iso -C http://127.0.0.1:8000/big.iso  # download, resuming
   opensocket http get --json -o out.bin http://127.0.0.1:8000/f  # a summary on stdout
 """
+_ALSO: Final = 3  # other machines' URLs named in the banner (a host may have many)
 _GOOD: Final = frozenset({304})
 
 
@@ -151,6 +156,14 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         "count per worker",
     )
     parser.add_argument(
+        "--hsts-max-age",
+        type=int,
+        default=HSTS_MAX_AGE,
+        metavar="SECONDS",
+        help="Strict-Transport-Security max-age on https:// responses (default 31536000, a "
+        "year; 0: none); never sent to localhost or IP addresses",
+    )
+    parser.add_argument(
         "--redirect-https",
         action="store_true",
         help="answer requests on the http:// addresses with a redirect to the https:// one",
@@ -193,7 +206,10 @@ def _serve_settings(args: argparse.Namespace) -> tuple[list[Address], dict[str, 
     if not os.path.isdir(args.dir):
         raise ConfigError(f"{args.dir!r} is not a folder: give the folder to serve")
     check_redirect(addrs, args.redirect_https)
+    if args.hsts_max_age < 0:
+        raise ConfigError(f"--hsts-max-age must be 0 (none) or seconds, not {args.hsts_max_age}")
     return addrs, {
+        "hsts_max_age": args.hsts_max_age,
         "tls": tls_from(args, server=True),
         "limits": HttpLimits(keepalive_timeout=args.keepalive_timeout),
         "server_limits": limits_from(args),
@@ -209,14 +225,40 @@ async def _run(args: argparse.Namespace, sockets: list[list[socket.socket]] | No
     with stop_on_signals() as stop, _access_to_stdout(not args.quiet, shared=worker):
         server = await serve_http(addrs, args.dir, sockets=sockets, **settings)
         if not worker:
-            print(f"serving {server.files.root}", flush=True)
-            for url in server.urls:
-                print(f"open {url}", flush=True)
+            _banner(args, addrs, server.files.root, server.urls)
         try:
             await stop.wait()
         finally:
             await server.close()
     return 0
+
+
+def _banner(args: argparse.Namespace, addrs: list[Address], root: str, urls: list[str]) -> None:
+    """Where to open the site: ``open URL`` lines (a JSON line with --access-log json, which
+    keeps stdout all JSON); a wildcard address is named as localhost, plus this machine's
+    addresses for other machines."""
+    star = any(addr.is_wildcard for addr in addrs)  # '*' binds IPv4 and IPv6 on one socket
+    local, remote = [], []
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname not in ("0.0.0.0", "::") or parts.port is None:
+            local.append(url)
+            continue
+        local.append(f"{parts.scheme}://localhost:{parts.port}/")
+        wildcard = Address("tcp", "*" if star else parts.hostname, parts.port)
+        remote += [f"{parts.scheme}://{a.hostport}/" for a in reachable_addresses(wildcard)]
+    workers = f" from {args.workers} worker processes" if args.workers > 1 else ""
+    if args.access_log == "json":
+        info = {"event": "listening", "root": root, "urls": local, "other_machines": remote}
+        print_json({**info, "workers": args.workers})
+        return
+    print(f"serving {root}{workers}")
+    for url in local:
+        print(f"open {url}")
+    if remote:
+        more = ", ".join(remote[:_ALSO]) + (", ..." if len(remote) > _ALSO else "")
+        print(f"  from other machines: {more}")
+    sys.stdout.flush()
 
 
 def _run_workers(args: argparse.Namespace) -> int:
@@ -226,9 +268,7 @@ def _run_workers(args: argparse.Namespace) -> int:
         tlsmod.server_context(settings["tls"])  # unreadable files: said once, by the parent
     sockets, urls = bind_http(addrs)
     try:
-        print(f"serving {os.path.realpath(args.dir)} from {args.workers} worker processes")
-        for url in urls:
-            print(f"open {url}", flush=True)
+        _banner(args, addrs, os.path.realpath(args.dir), urls)
         return run_workers(
             args.workers, lambda: run(_run(args, sockets), use_uvloop=not args.no_uvloop)
         )
