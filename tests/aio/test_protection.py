@@ -215,7 +215,7 @@ async def test_a_reader_that_never_reads_is_dropped_as_stuck(
 ) -> None:
     async def firehose(conn: opensocket.Connection) -> None:
         chunk = b"z" * 65536
-        for _ in range(10_000):
+        for _ in range(100_000):  # more than the good client can read while the test runs
             await conn.send(chunk)
         raise AssertionError("the stuck reader was never dropped")
 
@@ -227,6 +227,16 @@ async def test_a_reader_that_never_reads_is_dropped_as_stuck(
             "tcp://127.0.0.1:0", firehose, limits=limits, options=small, hooks=watch.hooks
         )
         good = await opensocket.connect(server.url)
+        received = 0
+
+        async def read_good() -> None:
+            # All along, from the start: a client that stops reading fills its 64 MiB inbox,
+            # pauses, and is itself dropped as stuck stuck_timeout later.
+            nonlocal received
+            while True:
+                received += len(await good.recv(timeout=5))
+
+        reader = asyncio.create_task(read_good())
         sock = await raw_connect("127.0.0.1", port_of(server), rcvbuf=4096)
         try:
             await hand_handshake(sock)
@@ -235,9 +245,13 @@ async def test_a_reader_that_never_reads_is_dropped_as_stuck(
         finally:
             sock.close()
         # The good client reads its (endless) stream at its pace and is not dropped.
-        received = 0
-        while received < 10 * 65536:
-            received += len(await good.recv(timeout=5))
+        mark = received
+        async with asyncio.timeout(5):
+            while received < mark + 10 * 65536 and not reader.done():
+                await asyncio.sleep(0.01)
+        assert not reader.done(), reader
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
         assert not good.closed
         assert server.stats.dropped["slow consumer"] == 1
         assert not [r for r in caplog.records if r.levelname == "ERROR"], "no handler failure"

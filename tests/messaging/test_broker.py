@@ -206,7 +206,7 @@ async def test_reqrep_request_queued_before_any_worker_is_answered() -> None:
     front, back = await broker.bind(LOCAL, LOCAL)
     req = Requester(backoff=FAST)
     await req.connect(front)
-    pending = asyncio.ensure_future(req.request(b"early", timeout=0.5))
+    pending = asyncio.ensure_future(req.request(b"early", timeout=5))  # a worker connects first
     await until(broker.front, lambda: broker.front.stats.messages_in == 1)  # at the broker
     seen: Counter[str] = Counter()
     late = worker("late", seen)

@@ -79,7 +79,7 @@ def test_close_leaves_no_thread_and_no_fd() -> None:
             accepted.close()
             assert sock.recv(1) == b""  # the close was passed on
         assert not _proxy_threads()
-        assert fd_count() == fds
+        assert fd_count() <= fds
 
 
 def test_methods_need_a_started_proxy() -> None:

@@ -65,11 +65,15 @@ def no_leaks() -> Iterator[None]:
     threads = threading.active_count()
     fds = fd_count()
     before = open_fds()
+    # Only this test's threads: one left behind by an earlier failed test must fail that test,
+    # not every test after it (5 s of joining each, then a misleading failure).
+    earlier = set(_our_threads())
     yield
     # Reader threads set ``closed`` a moment before they return: join them, bounded.
-    for thread in _our_threads():
+    for thread in set(_our_threads()) - earlier:
         thread.join(JOIN)
-    assert not _our_threads(), f"threads left running: {_our_threads()}"
+    left = set(_our_threads()) - earlier
+    assert not left, f"threads left running: {left}"
     assert threading.active_count() <= threads, threading.enumerate()
     new = {fd: t for fd, t in open_fds().items() if before.get(fd) != t}
     assert fd_count() <= fds, f"file descriptors leaked: {new}"

@@ -150,14 +150,14 @@ def test_busy_workers_queue_then_refuse() -> None:
 
 def test_silent_client_is_dropped_after_the_handshake_timeout() -> None:
     failed = Recorder()
-    limits = ServerLimits(handshake_timeout=0.2, workers=1)
+    limits = ServerLimits(handshake_timeout=1.0, workers=1)  # the good client's too
     with echo_server(limits=limits, hooks=Hooks(on_handshake_failed=failed)) as server:
         port = server.addresses[0].port
         with raw_connect("127.0.0.1", port) as silent, sync.connect(server.url) as good:
             served(good)  # the silent client holds no worker
             frames = close_frames(read_until_eof(silent))
             assert frames == [(FrameType.ERROR, CloseCode.HANDSHAKE_TIMEOUT, frames[0][2])]
-            assert "0.2s" in frames[0][2]
+            assert "1s" in frames[0][2]
             served(good)
         peer, error = failed.get()
         assert isinstance(error, HandshakeTimeout)
@@ -203,8 +203,8 @@ def test_no_thread_or_fd_leak_after_shutdown() -> None:
     for thread in threading.enumerate():
         if thread.name.startswith("opensocket-"):
             thread.join(5)
-    assert threading.active_count() == threads
-    assert fd_count() == fds
+    assert threading.active_count() <= threads  # earlier tests' threads may end meanwhile
+    assert fd_count() <= fds
 
 
 def test_serve_rejects_bad_configurations() -> None:

@@ -86,6 +86,9 @@ def test_udp_loss(background_server, fault_proxy):
         sock.sendto(b"x", (host, int(port)))
         with pytest.raises(TimeoutError):
             sock.recv(10)
+    deadline = time.monotonic() + 5  # the echo crosses two background loops: wait for the drop
+    while proxy.stats["down"]["dropped"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert proxy.stats["down"]["dropped"] == 1
 
 
@@ -125,7 +128,7 @@ def test_user_tests_pass_and_clean_up(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-W", "error")
     result.assert_outcomes(passed=6)
     assert not _ours()
-    assert fd_count() == fds
+    assert fd_count() <= fds
 
 
 def test_plugin_loads_nothing_heavy(pytester: pytest.Pytester) -> None:

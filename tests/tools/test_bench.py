@@ -659,7 +659,7 @@ def test_ipv6_wildcard_server_and_no_fd_leak() -> None:
             for protocol in ("tcp", "udp"):
                 result = run_client(url, protocol=protocol, duration=0.2, bitrate=0)
                 assert result.data["end"]["receiver"]["bytes"] > 0
-    assert fd_count() == before
+    assert fd_count() <= before  # another test's late close may end meanwhile
 
 
 def test_serve_cli_in_process_json(free_port: int, capsys: Any) -> None:

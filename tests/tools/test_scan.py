@@ -293,7 +293,7 @@ async def test_progress_reports_reach_the_total() -> None:
 async def test_no_descriptor_leak() -> None:
     before = fd_count()
     await scan("127.0.0.1", "1-3000", concurrency=5000)
-    assert fd_count() == before
+    assert fd_count() <= before  # another test's late close may end meanwhile
 
 
 async def test_several_targets_and_ranges(listening: list[int]) -> None:
