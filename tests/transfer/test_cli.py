@@ -195,6 +195,11 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert run("receive").returncode == 2
     bad = run("send", "--json", str(tmp_path), "udp://127.0.0.1:9")
     assert bad.returncode == 2 and '"exit": 2' in bad.stdout
+    assert "files travel over tcp://, tls:// or unix://" in bad.stdout
+    swapped = run("send", "tcp://127.0.0.1:9", str(tmp_path))
+    assert swapped.returncode == 2 and "the paths come first, the receiver's URL last" in (
+        swapped.stderr
+    )
     assert run("send", "--rate-limit", "fast", str(tmp_path), "tcp://127.0.0.1:9").returncode == 2
     missing = run("send", str(tmp_path / "nope"), "tcp://127.0.0.1:9")
     assert missing.returncode == 1 and "cannot read" in missing.stderr

@@ -155,6 +155,10 @@ def _endpoint(args: argparse.Namespace) -> tuple[Address, list[str]]:
         if not args.url:
             raise ConfigError("give the sender's URL, or --listen URL to wait for it")
         url = args.url
+    if "://" not in url and any("://" in item for item in items):
+        raise ConfigError(f"{url!r} is not a URL: the paths come first, the receiver's URL last")
+    if url.split("://", 1)[0] in ("udp", "rudp"):
+        raise ConfigError(f"{url}: files travel over tcp://, tls:// or unix:// addresses")
     addr = stream_address(url)
     return addr, items
 
