@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -141,3 +142,36 @@ def test_hsts_max_age_option(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     argv = ["http", "serve", str(tmp_path), "--listen", "https://127.0.0.1:0", *tls]
     assert main([*argv, "--hsts-max-age", "-5"]) == 2
     assert "--hsts-max-age must be 0 (none) or seconds" in capsys.readouterr().err
+
+
+def test_stop_says_it_waits_for_downloads_and_a_second_ctrl_c_ends_them(tmp_path: Path) -> None:
+    with open(tmp_path / "big.bin", "wb") as big:
+        big.truncate(64 * 1024 * 1024)  # sparse: nothing written
+    proc, url = _serve([str(tmp_path), "--listen", "127.0.0.1:0", "--quiet"])
+    slow = subprocess.Popen(
+        ["curl", "-sS", "--limit-rate", "200k", "-o", str(tmp_path / "dl.bin"), url + "big.bin"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while _size(tmp_path / "dl.bin") == 0:  # the response is in flight once bytes arrive
+            assert time.monotonic() < deadline, "the download never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "stopping: letting 1 response(s) in flight finish (up to 5 s" in line
+        assert "Ctrl-C again to stop now" in line
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=4)  # well before the 5 s grace
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        slow.kill()
+        slow.communicate()
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0

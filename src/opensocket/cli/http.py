@@ -21,7 +21,7 @@ from .. import tls as tlsmod
 from ..address import Address
 from ..aio import run
 from ..errors import BinaryOutputRefused, ConfigError, OpenSocketError
-from ..http import HttpLimits, serve_http
+from ..http import HttpLimits, HttpServer, serve_http
 from ..http.access import LOG_FORMATS, BufferedLineHandler, SharedLines
 from ..http.client import HttpError, MalformedResponse, ResponseStream, open_response
 from ..http.server import HSTS_MAX_AGE, access_log, bind_http, check_redirect, http_address
@@ -229,8 +229,32 @@ async def _run(args: argparse.Namespace, sockets: list[list[socket.socket]] | No
         try:
             await stop.wait()
         finally:
-            await server.close()
+            await _close(server, stop, hurry=not worker)
     return 0
+
+
+async def _close(server: HttpServer, stop: asyncio.Event, *, hurry: bool) -> None:
+    """Let the responses in flight finish, saying so; a second Ctrl-C drops them (not in a
+    worker: the parent's SIGTERM follows the terminal's SIGINT there, and the parent waits)."""
+    busy = server.in_flight
+    if busy and hurry:
+        grace = server.server_limits.shutdown_grace
+        again = "; Ctrl-C again to stop now"
+        print(
+            f"stopping: letting {busy} response(s) in flight finish (up to {grace:g} s{again})",
+            file=sys.stderr,
+            flush=True,
+        )
+    stop.clear()
+    closing = asyncio.ensure_future(server.close())
+    second = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({closing, second}, return_when=asyncio.FIRST_COMPLETED)
+        if second.done() and hurry:
+            server.hurry()
+        await closing
+    finally:
+        second.cancel()
 
 
 def _banner(args: argparse.Namespace, addrs: list[Address], root: str, urls: list[str]) -> None:

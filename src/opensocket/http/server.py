@@ -682,6 +682,17 @@ class HttpServer:
             await self.close()
             raise
 
+    @property
+    def in_flight(self) -> int:
+        """Responses being sent now: what ``close()`` lets finish."""
+        return sum(not session.idle for session in self._sessions.values())
+
+    def hurry(self) -> None:
+        """During ``close()``: stop waiting for the responses in flight, drop them now."""
+        if self.closing:
+            for task in list(self._sessions):
+                task.cancel()
+
     async def close(self, timeout: float | None = None) -> None:
         """Stop accepting, close idle connections, let responses in flight finish (up to
         ``timeout``, default the limits' shutdown_grace), then drop what is left."""
