@@ -19,25 +19,10 @@ import pytest
 from opensocket.cli import main
 
 from ..tlsutil import make_pki
+from .test_cli import _serve
 
 WAIT = 10.0
 LINE = re.compile(r'^127\.0\.0\.1 - - \[[^]]+\] "GET /(index\.html)? HTTP/1\.1" 200 \d+$')
-
-
-def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "opensocket", "http", "serve", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    if not first.startswith("serving "):
-        proc.kill()
-        raise AssertionError(f"no banner: {first!r} {proc.communicate(timeout=5)}")
-    url = proc.stdout.readline().split()[1]
-    return proc, url
 
 
 def _workers(proc: subprocess.Popen[str], count: int) -> list[int]:
@@ -59,7 +44,7 @@ def _get(url: str, times: int) -> None:
 
 def test_workers_share_the_port_replace_a_dead_one_and_stop_together(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text("home\n")
-    proc, url = _start([str(tmp_path), "--listen", "127.0.0.1:0", "--workers", "3"])
+    proc, url = _serve([str(tmp_path), "--listen", "127.0.0.1:0", "--workers", "3"])
     try:
         first = _workers(proc, 3)
         _get(url, 10)
@@ -86,7 +71,7 @@ def test_workers_serve_https_and_check_the_files_once(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text("home\n")
     pki = make_pki(tmp_path)
     tls = ["--tls-cert", pki.server_cert, "--tls-key", pki.server_key]
-    proc, url = _start([str(tmp_path), "--listen", "https://127.0.0.1:0", "--workers", "2", *tls])
+    proc, url = _serve([str(tmp_path), "--listen", "https://127.0.0.1:0", "--workers", "2", *tls])
     try:
         _workers(proc, 2)
         done = subprocess.run(
@@ -108,7 +93,7 @@ def test_workers_must_be_positive(workers: str, capsys: pytest.CaptureFixture[st
     assert "--workers must be 1 or more" in capsys.readouterr().err
 
 
-def test_supervisor_gives_up_when_workers_die_at_start() -> None:
+def test_supervisor_gives_up_when_workers_die_at_serve() -> None:
     script = textwrap.dedent(
         """
         import logging, sys
