@@ -317,6 +317,7 @@ async def test_outage_keeps_local_users_served_then_resyncs(
     for node in (n1, n2):
         assert [entry["text"] for entry in node.bp.history("r")] == said  # in time order
     assert not await redis.exists("chat:room:idle:history", "chat:room:idle")
+    assert n1.bp.history("idle") == []  # nor in the mirror, for a room made again later
     # the cluster works again, and nobody got the other side's outage messages
     n1.h.cmd("a", "say", room="r", text="back")
     await until(lambda: bool(n2.h.inbox["b"]), n2)
@@ -392,6 +393,39 @@ async def test_a_hub_that_dies_leaves_no_ghosts_and_frees_its_nicks(
     finally:
         for node in (n1, n3):
             await node.link.aclose()
+
+
+async def test_a_nick_missing_at_one_sweep_only_is_not_a_ghost(
+    nodes: tuple[Node, Node], redis: Redis
+) -> None:
+    n1, n2 = nodes
+    await two_users(n1, n2)  # alice on n1, bob on n2, in room r
+    await n2.link.flush()
+    client = Redis(port=redis.connection_pool.connection_kwargs["port"])
+    try:
+        sweep = n1.link._sweep  # the heartbeat's step, driven here one at a time
+        await redis.delete("chat:nick:bob")  # gone for a moment (a Redis restart) ...
+        await sweep(client)
+        await redis.set("chat:nick:bob", "n2")  # ... and renewed by its hub
+        await sweep(client)
+        await sweep(client)
+        assert n1.bp.members("r") == ["alice", "bob"] and not n1.h.inbox["a"]
+        assert n1.bp.nick_owner("bob") == "n2"
+        await redis.delete("chat:nick:bob")  # missing at two sweeps in a row: left behind
+        await sweep(client)
+        assert n1.bp.members("r") == ["alice", "bob"]
+        await sweep(client)
+        assert n1.bp.members("r") == ["alice"] and n1.bp.nick_owner("bob") is None
+        assert [e["type"] for e in n1.h.take("a")] == ["quit"]
+    finally:
+        await client.aclose()
+
+
+async def test_a_nick_ttl_shorter_than_two_heartbeats_is_refused() -> None:
+    from opensocket.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must exceed two heartbeats"):
+        Node("n1", 6379, heartbeat=5.0, nick_ttl=8.0)  # nothing connects: refused at once
 
 
 async def test_missing_redis_server_fails_with_install_hint(

@@ -46,6 +46,7 @@ from ..chat.redis_backplane import (
     nick_key_name,
     room_key_name,
 )
+from ..errors import ConfigError
 from ..options import TLSOptions
 
 __all__ = ["RedisLink"]
@@ -70,9 +71,12 @@ for _, key in ipairs(KEYS) do
   elseif not owner then redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) end
 end
 """
-# Put back a history line Redis lost, unless a node that showed it too already did.
+# Put back a history line Redis lost, unless a node that showed it too already did (a loop,
+# not LPOS: Redis before 6.0.6 has none; the list holds at most the history limit).
 _RESTORE = """
-if redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+for _, line in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if line == ARGV[1] then return 0 end
+end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -160,6 +164,11 @@ class RedisLink:
         self.last_error = ""  # why the last attempt failed (for logs and tests)
         self.clock = clock
         self.heartbeat = heartbeat
+        if heartbeat * 2 >= nick_ttl:
+            raise ConfigError(
+                f"the nick TTL ({nick_ttl:g} s) must exceed two heartbeats ({heartbeat:g} s): "
+                "or live users' nicks expire between renewals"
+            )
         self.nick_ttl_ms = max(1, round(nick_ttl * 1000))
         self._suspects: set[str] = set()  # others' nick keys Redis lacked at the last sweep
         self.retry_min, self.retry_max = retry_min, retry_max
@@ -335,6 +344,7 @@ class RedisLink:
             (k, _text(v)) for k in ("nick", "ip") for v in await client.smembers(ban_key_name(k))
         }
         lost = self.backplane.load(nicks, rooms, history, bans)
+        self._suspects = set()  # "missing at two sweeps in a row" never spans an outage
         self._set_up(True)
         for key, meta in lost.items():
             if key in self.hub.rooms:  # our users are still in it: bring it back as it was
@@ -437,18 +447,20 @@ class RedisLink:
         gone, self._suspects = missing & self._suspects, missing - self._suspects
         if not gone:
             return
-        won = set()
-        for key in sorted(gone):
-            lock = f"{PREFIX}reap:{key}"
-            if await client.set(lock, self.hub.node, nx=True, px=self.nick_ttl_ms):
-                won.add(key)
         now, ghosts = self.clock(), 0
-        for key in gone:
+        for key in sorted(gone):
             if self.backplane.nick_owner(key) != before[key]:
                 continue  # claimed (or released) while we asked: not a ghost
             rooms = self.backplane.rooms_with(key)
+            lock = f"{PREFIX}reap:{key}"
+            won = bool(rooms) and await client.set(
+                lock, self.hub.node, nx=True, px=self.nick_ttl_ms
+            )
+            if self.backplane.nick_owner(key) != before[key]:
+                continue  # claimed while we took the lock
+            rooms = self.backplane.rooms_with(key)
             self.backplane.forget_nick(key)
-            if key in won and rooms:
+            if won and rooms:
                 self._emit(self.hub.reap(others[key], rooms, now))
                 ghosts += 1
         if ghosts:

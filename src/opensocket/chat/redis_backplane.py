@@ -226,7 +226,8 @@ class RedisBackplane(Backplane):
         self.rooms_: dict[str, _Room] = {}
         self.history_: dict[str, deque[dict[str, Any]]] = {}
         self.bans: set[tuple[str, str]] = set()
-        self._restore: list[Op] = []  # history Redis lacked at the last load, to write back
+        # history lines Redis lacked at the last load, per room, with the room's limit
+        self._lacking: dict[str, tuple[list[dict[str, Any]], int]] = {}
         self.wakeup: Callable[[], None] | None = None  # the runtime's writer, told of new ops
 
     # --- the queue --------------------------------------------------------------------------
@@ -334,34 +335,29 @@ class RedisBackplane(Backplane):
             {k: deque(sorted(v, key=_when)) for k, v in history.items()},
         )
         self.bans = set(bans)
-        self._restore = []
+        # what we showed and Redis lacks (said here during an outage, or everything after a
+        # restart without persistence): put back by restore_history, for rooms that exist
+        self._lacking = {}
         for key, ring in old.items():
-            self._keep(key, ring, history.get(key, []))
+            lines = _lacking(ring, history.get(key, []))
+            if lines:
+                self._lacking[key] = (lines, ring.maxlen or len(ring))
         return lost
 
-    def _keep(self, key: str, ring: deque[dict[str, Any]], stored: list[dict[str, Any]]) -> None:
-        """Lines we showed that Redis lacks (said here during an outage, or all of them after
-        a restart without persistence) go back into the mirror and, by ``restore_history``,
-        into Redis; older than Redis's oldest line means trimmed there, not lost."""
-        limit = ring.maxlen or len(ring)
-        have = {_dumps(entry) for entry in stored}
-        oldest = min(_when(entry)[0] for entry in stored) if stored else None
-        for entry in ring:
-            text = _dumps(entry)
-            if text in have or (oldest is not None and _when(entry)[0] < oldest):
-                continue
-            self._insert(key, entry, limit)
-            state = self._state("history", key, entry=entry, limit=limit, restored=True)
-            self._restore.append(Op("restore", key, (text, limit, state)))
-
     def restore_history(self) -> None:
-        """Queue the write-back found by the last ``load``, for rooms that exist (call once
-        Redis is up and lost rooms are re-created): an idle room's history expired in Redis
-        on purpose and stays gone."""
-        ops, self._restore = self._restore, []
-        for op in ops:
-            if op.key in self.rooms_:
-                self._queue(op)
+        """Put back the lines Redis lacked at the last ``load``, in the mirror (in time order)
+        and in Redis, for the rooms that exist now: call it once Redis is up and the runtime
+        has re-created the lost rooms its users are in. A deleted room's history (a locked
+        room's, or an idle one's that Redis expired) stays gone."""
+        lacking, self._lacking = self._lacking, {}
+        for key, (lines, limit) in lacking.items():
+            if key not in self.rooms_:
+                continue
+            merged = sorted([*self.history_.get(key, ()), *lines], key=_when)
+            self.history_[key] = deque(merged, maxlen=limit)  # the oldest go if it is full
+            for entry in lines:
+                state = self._state("history", key, entry=entry, limit=limit, restored=True)
+                self._queue(Op("restore", key, (_dumps(entry), limit, state)))
 
     # --- Backplane --------------------------------------------------------------------------
 
@@ -510,3 +506,15 @@ def _when(entry: dict[str, Any]) -> tuple[float, str]:
     """Time order of history lines; the text breaks ties, so every node agrees."""
     ts = entry.get("ts")
     return (ts if isinstance(ts, int | float) else 0.0, _dumps(entry))
+
+
+def _lacking(ring: deque[dict[str, Any]], stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lines of ``ring`` that Redis's ``stored`` lacks; one older than Redis's oldest
+    line was trimmed there, not lost."""
+    have = {_dumps(entry) for entry in stored}
+    oldest = min(_when(entry)[0] for entry in stored) if stored else None
+    return [
+        entry
+        for entry in ring
+        if _dumps(entry) not in have and (oldest is None or _when(entry)[0] >= oldest)
+    ]
