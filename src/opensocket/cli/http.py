@@ -36,6 +36,7 @@ from ._common import (
     limits_from,
     print_json,
     reachable_addresses,
+    report_interrupted,
     stop_on_signals,
     tls_from,
 )
@@ -431,10 +432,15 @@ def _output(args: argparse.Namespace) -> _Output:
     """Resolve -o: ``-`` is stdout; a symlink is followed, so its target is the file replaced."""
     if args.output is None or args.output == "-":
         return _Output()
+    if args.output.endswith(os.sep):
+        raise ConfigError(f"-o {args.output} names a folder: give a file name")
     try:  # through symlinks as open() goes, /proc magic links (/dev/stdout) included
-        mode: int | None = os.stat(args.output).st_mode
+        st: os.stat_result | None = os.stat(args.output)
     except OSError:  # missing (the usual case), or unreadable: open() says why later
-        mode = None
+        st = None
+    if st is not None and _is_stdout(st):
+        return _Output()  # /dev/stdout redirected to a file: written as stdout, never replaced
+    mode = None if st is None else st.st_mode
     if mode is not None and stat.S_ISDIR(mode):
         raise ConfigError(f"-o {args.output} is a folder: give a file name")
     if mode is not None and not stat.S_ISREG(mode):
@@ -449,6 +455,13 @@ def _output(args: argparse.Namespace) -> _Output:
     if not os.path.isdir(folder):
         raise ConfigError(f"-o {args.output}: the folder {folder} does not exist")
     return _Output(path)
+
+
+def _is_stdout(st: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(st, os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no stdout (closed, or not a real file)
+        return False
 
 
 def _head_bytes(response: ResponseStream) -> bytes:
@@ -720,8 +733,6 @@ def execute_get(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_get(args))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
         part = _kept_part(args)
-        if part is not None and not args.head:
-            print(f"the partial download is kept in {part}: {_RESUME_HINT}", file=sys.stderr)
-        return 130
+        hint = f"the partial download is kept in {part}: {_RESUME_HINT}" if part else ""
+        return report_interrupted("http get", json_mode=args.json, hint=hint)
