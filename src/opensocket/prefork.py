@@ -9,6 +9,7 @@ and a worker starts from a clean state (its own event loop, its own TLS context)
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ GRACE: Final = 10.0  # seconds a stopping worker has to finish what it is servin
 _STOP: Final = frozenset({signal.SIGINT, signal.SIGTERM})
 _WATCHED: Final = _STOP | {signal.SIGCHLD}
 _FAST_DEATH: Final = 2.0  # a worker that dies this soon after its start is failing to start
+_PR_SET_PDEATHSIG: Final = 1  # prctl(2): the signal a child gets when its parent dies
 _FAST_DEATHS: Final = 3  # that many in a row: give up instead of restarting in a loop
 
 
@@ -43,6 +45,8 @@ def run_workers(count: int, work: Callable[[], int], *, grace: float = GRACE) ->
         return _supervise(workers, work, old_mask)
     finally:
         _stop_all(workers, grace)
+        while signal.sigtimedwait(_STOP, 0) is not None:
+            pass  # a second Ctrl-C already did its work (above): not a KeyboardInterrupt now
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
@@ -51,12 +55,14 @@ def _spawn(
 ) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # or the child writes the parent's buffered lines again
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         workers[pid] = time.monotonic()
         return
     code = 1
     try:  # the child: never returns into the parent's stack
+        _end_with(parent)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         code = work()
     except KeyboardInterrupt:
@@ -70,6 +76,16 @@ def _spawn(
             except (OSError, ValueError):
                 pass
         os._exit(code)
+
+
+def _end_with(parent: int) -> None:
+    """Have the kernel send us SIGTERM when the parent dies (killed, OOM), so that workers
+    never keep the port forever with nobody to stop them."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)  # the parent died before the request took effect
 
 
 def _supervise(
@@ -116,24 +132,28 @@ def _describe(status: int) -> str:
 
 
 def _stop_all(workers: dict[int, float], grace: float) -> None:
-    """SIGTERM every worker; SIGKILL those still running after ``grace`` seconds."""
+    """SIGTERM every worker; SIGKILL those still running after ``grace`` seconds, or at once
+    on another SIGINT/SIGTERM (a second Ctrl-C: stop now)."""
     for pid in workers:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
+    hurry = False
     while workers:
         _reap(workers)
         left = deadline - time.monotonic()
         if not workers:
             break
-        if left <= 0:
+        if left <= 0 or hurry:
             for pid in workers:
-                log.warning("worker %d did not stop within %g s: killed", pid, grace)
+                if not hurry:
+                    log.warning("worker %d did not stop within %g s: killed", pid, grace)
                 _signal(pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
             workers.clear()
             break
-        signal.sigtimedwait({signal.SIGCHLD}, min(left, 0.5))
+        info = signal.sigtimedwait(_WATCHED, min(left, 0.5))
+        hurry = info is not None and info.si_signo in _STOP
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 
 from opensocket.http.access import AccessRecord, BufferedLineHandler, format_access
 from opensocket.http.files import https_redirect
@@ -91,3 +92,47 @@ async def test_buffered_handler_flushes_once_for_many_lines_in_a_loop() -> None:
     handler.close()
     assert stream.flushes >= 2 and stream.getvalue().endswith("later\n")
     log.removeHandler(handler)
+
+
+def test_shared_lines_from_two_processes_are_never_torn() -> None:
+    # Two writers flush batches bigger than a whole pipe into one pipe at the same moment,
+    # while the reader drains it slowly (so writes block and split): each line must still
+    # arrive whole, as the access-log lines of several --workers do.
+    import re
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from opensocket.http.access import SharedLines\n"
+        "out, tag = SharedLines(1), sys.argv[1]\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "for i in range(20000):\n"
+        "    out.write(f'{tag} {i:05d} ' + 'x' * (i % 150) + '\\n')\n"
+        "    if i % 1000 == 999:\n"
+        "        out.flush()\n"
+        "out.flush()\n"
+    )
+    read, write = os.pipe()
+    start = str(time.time() + 1.0)  # both write at once, after their start-up
+    try:
+        writers = [
+            subprocess.Popen([sys.executable, "-c", script, tag, start], stdout=write)
+            for tag in ("alpha", "omega")
+        ]
+    finally:
+        os.close(write)
+    chunks = []
+    with os.fdopen(read, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(4096):
+            chunks.append(chunk)
+            time.sleep(0.0002)  # a slow reader keeps the pipe full
+    assert all(w.wait(timeout=30) == 0 for w in writers)
+    pattern = re.compile(r"^(alpha|omega) (\d{5}) (x*)$")
+    seen: dict[str, list[int]] = {"alpha": [], "omega": []}
+    for line in b"".join(chunks).decode().splitlines():
+        found = pattern.match(line)
+        assert found and len(found[3]) == int(found[2]) % 150, f"torn line: {line!r}"
+        seen[found[1]].append(int(found[2]))
+    assert seen == {"alpha": list(range(20000)), "omega": list(range(20000))}

@@ -3,6 +3,7 @@ replaced, all stopped together; and the supervisor (``opensocket.prefork``) on i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -64,7 +65,7 @@ def test_workers_share_the_port_replace_a_dead_one_and_stop_together(tmp_path: P
     assert all(not psutil.pid_exists(pid) for pid in {*first, *now})  # nobody left behind
     assert f"worker {first[0]} was killed by SIGKILL: starting another" in err
     lines = [line.rstrip("\n") for line in logged] + out.splitlines()
-    assert len(lines) == 20 and all(LINE.match(line) for line in lines), lines  # none torn
+    assert len(lines) == 20 and all(LINE.match(line) for line in lines), lines  # all logged
 
 
 def test_workers_serve_https_and_check_the_files_once(tmp_path: Path) -> None:
@@ -110,20 +111,24 @@ def test_supervisor_gives_up_when_workers_die_at_serve() -> None:
     assert "workers keep dying at start: stopping" in done.stderr
 
 
+STUBBORN = textwrap.dedent(
+    """
+    import logging, signal, sys, time
+    from opensocket.prefork import run_workers
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    def stubborn():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("up", flush=True)
+        time.sleep(60)
+        return 0
+    sys.exit(run_workers(1, stubborn, grace=0.3))
+    """
+)
+
+
 def test_supervisor_kills_a_worker_that_will_not_stop() -> None:
-    script = textwrap.dedent(
-        """
-        import logging, signal, sys, time
-        from opensocket.prefork import run_workers
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        def stubborn():
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            print("up", flush=True)
-            time.sleep(60)
-            return 0
-        sys.exit(run_workers(1, stubborn, grace=0.3))
-        """
-    )
+    script = STUBBORN
     proc = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -135,3 +140,48 @@ def test_supervisor_kills_a_worker_that_will_not_stop() -> None:
     assert proc.returncode == 0
     assert f"worker {worker} did not stop within 0.3 s: killed" in err
     assert not psutil.pid_exists(worker)
+
+
+def test_a_second_signal_stops_stubborn_workers_at_once() -> None:
+    script = STUBBORN.replace("grace=0.3", "grace=60")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "up\n"
+    worker = _workers(proc, 1)[0]
+    proc.send_signal(signal.SIGTERM)  # the worker ignores it: the parent would wait 60 s
+    time.sleep(0.2)  # let the parent reach its wait (a signal before it is also handled)
+    proc.send_signal(signal.SIGINT)  # a second Ctrl-C: stop now
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err  # a clean stop, not a KeyboardInterrupt
+    assert "did not stop" not in err and "Traceback" not in err
+    assert not psutil.pid_exists(worker)
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("home\n")
+    proc, url = _serve([str(tmp_path), "--listen", "127.0.0.1:0", "--workers", "2"])
+    workers = _workers(proc, 2)
+    proc.kill()  # SIGKILL: the parent cannot stop them itself
+    proc.communicate(timeout=10)
+    try:
+        deadline = time.monotonic() + WAIT
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "workers outlived their parent"
+            time.sleep(0.05)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url, timeout=2)  # nobody holds the port any more
+    finally:
+        for pid in workers:  # ours: not left running if the test fails
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker = psutil.Process(pid)
+                if "serve" in worker.cmdline():  # still our worker, not a reused PID
+                    worker.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
