@@ -282,6 +282,10 @@ async def test_byteranges_boundary_is_random(server: HttpServer, client: Client)
         assert reply.body.count(b"--" + mark) == 3
         assert b"\r\n\r\nhello\r\n" in reply.body and b"\r\n\r\nworld\r\n" in reply.body
         assert reply.body.endswith(b"--" + mark + b"--\r\n")
+    heads = len(server._responses)
+    for _ in range(3):
+        await client.ask(ask)
+    assert len(server._responses) == heads  # unique heads are not cached: they evict the rest
 
 
 class _ClosedTwiceTransport(asyncio.Transport):

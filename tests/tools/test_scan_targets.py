@@ -65,7 +65,7 @@ def test_host_names_stay_names(name: str) -> None:
         ("-leading", "not a host name"),
         ("127.0.0.1:80", "ports go in -p, not in the target: 127.0.0.1 -p 80"),
         ("localhost:8080", "ports go in -p, not in the target: localhost -p 8080"),
-        ("[::1]:443", "ports go in -p, not in the target: [::1] -p 443"),
+        ("[::1]:443", "ports go in -p, not in the target: ::1 -p 443"),
     ],
 )
 def test_bad_targets_say_what_is_wrong(text: str, problem: str) -> None:

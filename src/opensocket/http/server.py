@@ -411,6 +411,10 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                     return
 
 
+def _multipart(headers: tuple[tuple[str, str], ...]) -> bool:
+    return any(name == "Content-Type" and value.startswith("multipart/") for name, value in headers)
+
+
 def _header_value(value: str) -> str:
     """A header value with no line breaks: a file name must not split the response head."""
     if "\r" in value or "\n" in value:
@@ -519,6 +523,8 @@ class HttpServer:
             lines = [f"HTTP/1.1 {plan.status} {plan.reason}"]
             lines += [f"{name}: {_header_value(value)}" for name, value in headers]
             head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+            if plan.status == 206 and _multipart(headers):
+                return head  # a new boundary each time: caching it would only evict the rest
             if len(self._responses) >= self.limits.cache_entries:
                 self._responses.clear()
             self._responses[key] = head
@@ -752,6 +758,8 @@ async def serve_http(
     ``sockets``: listening sockets bound already (``bind_http``), one list per URL, in order,
     e.g. inherited by a worker process. ``hsts_max_age``: the Strict-Transport-Security
     max-age sent over TLS (never to localhost or an IP literal); 0 or None sends none.
+    An ``ssl.SSLContext`` given as ``tls`` gets this server's ``sslobject_class`` (which
+    sends the TLS alert of a failed handshake) unless it has one of its own already.
     """
     if not os.path.isdir(root):
         raise ConfigError(f"{os.fspath(root)!r} is not a folder: give the folder to serve")

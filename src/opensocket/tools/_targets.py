@@ -130,7 +130,8 @@ def parse_target(text: str) -> Target:
         return _range(text, *pair)
     host, _, port = text.rpartition(":")
     if port.isdigit() and (_ip(host.strip("[]")) is not None or _HOSTNAME.match(host)):
-        raise _bad_target(text, f"ports go in -p, not in the target: {host} -p {port}")
+        bare_host = host.strip("[]")
+        raise _bad_target(text, f"ports go in -p, not in the target: {bare_host} -p {port}")
     if ":" in bare:
         raise _bad_target(text, "it is not a valid IPv6 address")
     if not _HOSTNAME.match(text) or text.replace(".", "").isdigit():
