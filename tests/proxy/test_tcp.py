@@ -225,13 +225,20 @@ async def test_unix_listener(tcp_echo: Recorder, sock_path: str) -> None:
     assert not os.path.exists(sock_path)
 
 
-async def test_unreachable_upstream_resets_the_client(free_port: int) -> None:
+async def test_unreachable_upstream_resets_the_client(
+    free_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
     async with Proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{free_port}") as proxy:
-        reader, writer = await open_client(proxy.url)
-        got, how = await read_all(reader)
-        writer.close()
-        assert (got, how) == (b"", "reset")
-        assert proxy.stats["upstream_failures"] == 1
+        for _ in range(2):
+            reader, writer = await open_client(proxy.url)
+            got, how = await read_all(reader)
+            writer.close()
+            assert (got, how) == (b"", "reset")
+        assert proxy.stats["upstream_failures"] == 2
+    said = [r.getMessage() for r in caplog.records if r.name == "opensocket.proxy"]
+    assert len(said) == 1  # said once, not once per client
+    assert said[0].startswith(f"cannot reach the upstream tcp://127.0.0.1:{free_port} (")
+    assert "connection refused" in said[0] and said[0].endswith("the client was reset (1 so far)")
 
 
 def test_rejects_mixed_and_tls_pairs() -> None:

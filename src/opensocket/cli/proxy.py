@@ -233,7 +233,12 @@ def _report(args: argparse.Namespace, stats: dict[str, Any]) -> None:
     print(
         f"stopped: {stats['connections']} connections, {up['bytes_out']} bytes up, "
         f"{down['bytes_out']} bytes down, {stats['resets']} resets, {stats['closes']} closes, "
-        f"{up['dropped'] + down['dropped']} dropped",
+        f"{up['dropped'] + down['dropped']} dropped"
+        + (
+            f", {stats['upstream_failures']} upstream failures"
+            if stats["upstream_failures"]
+            else ""
+        ),
         flush=True,
     )
 

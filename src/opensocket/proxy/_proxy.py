@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -31,6 +32,7 @@ FaultId = int
 T = TypeVar("T")
 Number = float | str
 START_TIMEOUT: Final = 10.0
+log = logging.getLogger("opensocket.proxy")
 DATAGRAM_KINDS: Final = frozenset({"loss", "duplicate", "reorder"})  # UDP proxies only
 
 
@@ -267,8 +269,16 @@ class Proxy(FaultMethods):
         stats.connections += 1
         stats.active = len(self._sessions)
 
-        def failed() -> None:
+        def failed(exc: BaseException) -> None:
             stats.upstream_failures += 1
+            count = stats.upstream_failures
+            if count in (1, 10, 100) or count % 1000 == 0:  # said, but not once per client
+                log.warning(
+                    "cannot reach the upstream %s (%s): the client was reset (%d so far)",
+                    self.upstream,
+                    exc,
+                    count,
+                )
 
         session.start_task = loop.create_task(
             start_session(session, self.upstream, self.options, failed)

@@ -329,13 +329,16 @@ class StreamListener(asyncio.Protocol):
 
 
 async def start_session(
-    session: StreamSession, addr: Address, options: SocketOptions, on_fail: Callable[[], None]
+    session: StreamSession,
+    addr: Address,
+    options: SocketOptions,
+    on_fail: Callable[[BaseException], None],
 ) -> None:
     """Connect the upstream, then let the client's bytes flow (reset the client on failure)."""
     try:
         upstream = await connect_upstream(session, addr, options)
-    except (OpenSocketError, OSError):
-        on_fail()
+    except (OpenSocketError, OSError) as exc:
+        on_fail(exc)
         session.end(reset=True)
         return
     if session.ending:  # the client left while we were connecting
