@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -560,7 +561,7 @@ def start_test(server: BenchServer, params: dict[str, Any]) -> tuple[Any, dict[s
     raise AssertionError("the server stayed busy")
 
 
-def test_server_survives_bad_clients(server: BenchServer) -> None:
+def test_server_survives_bad_clients(server: BenchServer, caplog: pytest.LogCaptureFixture) -> None:
     # junk on the control port
     with socket.create_connection(("127.0.0.1", server.addresses[0].port)) as junk:
         junk.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -586,6 +587,13 @@ def test_server_survives_bad_clients(server: BenchServer) -> None:
     with pytest.raises(BenchFailed, match="busy"):
         run_client(server.url, duration=SHORT)
     control.close()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("refused a test from 127.0.0.1:") and "busy" in m for m in said)
+    sync.connect(server.url, codec="json").close()  # gone before its start (its Ctrl-C)
+    deadline = time.monotonic() + 5
+    while not any("went away" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the server said nothing of the client that left"
+        time.sleep(0.02)  # the server's thread logs it: polled, bounded
     # a client that leaves in the middle of a test (once the server has freed the slot)
     control, accept = start_test(server, params)
     port = server.addresses[0].port  # data streams use the server's own port
@@ -639,6 +647,7 @@ def test_serve_cli_subprocess_one_off() -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("bench server listening on tcp://127.0.0.1:")
+        assert proc.stdout.readline() == "press Ctrl-C to stop\n"
         url = line.split()[-1]
         result = run_client(url, duration=SHORT, interval=0.1)
         reliable(result)

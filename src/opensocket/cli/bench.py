@@ -405,7 +405,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"listening": [str(a) for a in server.addresses]})
         else:
-            print(f"bench server listening on {addresses}", flush=True)
+            print(f"bench server listening on {addresses}\npress Ctrl-C to stop", flush=True)
         while not finished.wait(0.5):
             pass
     except KeyboardInterrupt:

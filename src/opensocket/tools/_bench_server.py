@@ -248,7 +248,7 @@ class BenchServer:
             else:
                 conn.send({"type": "error", "message": "expected a 'start' message"})
         except (ConnectionClosed, ReadTimeout) as exc:
-            log.info("bench client %s went away: %s", peer, exc)
+            log.warning("bench client %s went away: %s", peer, exc)  # e.g. its Ctrl-C
         except (OpenSocketError, OSError) as exc:
             log.info("bench test with %s failed: %s", peer, exc)
             self._report_error(peer, str(exc))
@@ -331,6 +331,7 @@ class BenchServer:
             control.send({"type": "error", "message": "this server does not speak TLS"})
             return
         if not self._slots.acquire(blocking=False):
+            log.warning("refused a test from %s: busy with another test", control.remote_address)
             control.send(
                 {"type": "error", "message": "the server is busy with another test: try later"}
             )
