@@ -552,3 +552,30 @@ def test_rudp_client_without_a_server_fails_fast(capsys: pytest.CaptureFixture[s
         port = closed.getsockname()[1]
     assert main(["echo", f"rudp://127.0.0.1:{port}", "-c", "1", "--timeout", "3"]) == 1
     assert "is the server running?" in capsys.readouterr().err
+
+
+def _closed_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again on return: nothing listens
+
+
+def test_udp_echo_to_a_closed_port_says_it_is_unreachable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"udp://127.0.0.1:{_closed_udp_port()}"
+    assert main(["echo", url, "-c", "1", "--timeout", "0.3"]) == 1
+    err = capsys.readouterr().err
+    assert f"no reply within 0.3s: {url} answered 'port unreachable'" in err
+
+
+def test_udp_connect_to_a_closed_port_exits_1() -> None:
+    url = f"udp://127.0.0.1:{_closed_udp_port()}"
+    done = subprocess.run(
+        [*CLI, "connect", url, "--quit-after", "0.3"],
+        input=b"hi\n",
+        capture_output=True,
+        timeout=WAIT,
+    )
+    assert done.returncode == 1
+    assert f"{url} answered 'port unreachable'".encode() in done.stderr

@@ -32,6 +32,7 @@ class _Queue(asyncio.DatagramProtocol):
         self.limit = limit
         self.dropped = 0
         self.errors = 0
+        self.refused = 0  # ICMP port unreachable for what we sent (connected endpoints)
         self.waiter: asyncio.Future[None] | None = None
         self.closed = False
 
@@ -48,6 +49,8 @@ class _Queue(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         self.errors += 1
+        if isinstance(exc, ConnectionRefusedError):
+            self.refused += 1
         log.debug("datagram error: %s", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -75,6 +78,12 @@ class DatagramEndpoint:
     def dropped(self) -> int:
         """Datagrams discarded because the receive queue was full."""
         return self._queue.dropped
+
+    @property
+    def refused(self) -> int:
+        """ "Port unreachable" answers to what this connected endpoint sent: nothing listens
+        there (UDP stays fire and forget: sends and receives go on)."""
+        return self._queue.refused
 
     async def send_to(self, data: bytes, addr: tuple[str, int] | str) -> None:
         """Send one datagram to ``addr`` (a (host, port) pair or a udp:// URL).

@@ -551,6 +551,10 @@ class _FramedLink:
         self.conn = conn
         self.structured = conn.codec.name != "bytes"
 
+    def unreachable(self) -> str:
+        """Streams fail loudly on their own: a timeout has no hidden cause to name."""
+        return ""
+
     def message(self, line: bytes) -> Any:
         if not self.structured:
             return line
@@ -576,6 +580,10 @@ class _FramedLink:
 class _RawLink:
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
+
+    def unreachable(self) -> str:
+        """Streams fail loudly on their own: a timeout has no hidden cause to name."""
+        return ""
 
     def message(self, line: bytes) -> bytes:
         return line + b"\n"
@@ -614,6 +622,13 @@ class _DatagramLink:
 
     async def close(self) -> None:
         self.endpoint.close()
+
+    def unreachable(self) -> str:
+        """Why no reply came, when the peer's host said so ("" otherwise)."""
+        if not self.endpoint.refused:
+            return ""
+        where = self.endpoint.remote_address
+        return f": {where} answered 'port unreachable' (is the echo server running?)"
 
 
 Link = _FramedLink | _RawLink | _DatagramLink
@@ -688,7 +703,8 @@ async def _exchange(link: Link, line: bytes, args: argparse.Namespace, tally: _T
             reply = await link.receive(max(deadline - time.perf_counter(), 0.001))
         except ReadTimeout:
             tally.late += 1
-            print(f"no reply within {args.timeout:g}s", file=sys.stderr, flush=True)
+            why = link.unreachable()
+            print(f"no reply within {args.timeout:g}s{why}", file=sys.stderr, flush=True)
             return
         if tally.late and reply != expected:
             tally.late -= 1  # the echo of an earlier message that timed out

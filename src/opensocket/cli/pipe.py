@@ -358,6 +358,13 @@ async def _connect_udp(
     finally:
         await _finish((down,))
         endpoint.close()
+    if endpoint.refused and not endpoint.datagrams_in:
+        print(
+            f"opensocket connect: {addr} answered 'port unreachable': nothing is listening "
+            "there (is the server running?)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
