@@ -68,7 +68,8 @@ def test_kill_sender_then_resume(tmp_path: Path, sides: list[Side]) -> None:
     finally:
         sender.wait()
     rc, _, err = side.finish()
-    assert rc == 1 and "is kept: run the same command again to resume" in err
+    kept = f"the partial file {dest / PART} is kept: run the same command again to resume"
+    assert rc == 1 and kept in err  # with its folder: a dot-file is hard to find otherwise
     assert not (dest / "big.bin").exists()
     arrived = (dest / PART).stat().st_size
     _check_resumed(_complete(src, dest, sides), arrived)

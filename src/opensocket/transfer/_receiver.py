@@ -90,9 +90,16 @@ def _same(st: os.stat_result, entry: Entry) -> bool:
 class _Current:
     """The file being received."""
 
-    def __init__(self, plan: _Plan, fd: int, dir_fd: int, hasher: BlockHasher) -> None:
+    def __init__(self, plan: _Plan, fd: int, dir_fd: int, hasher: BlockHasher, root: str) -> None:
         self.plan, self.fd, self.dir_fd, self.hasher = plan, fd, dir_fd, hasher
-        self.part, self.state = part_names(plan.entry.path.rpartition("/")[2])
+        folder, _, name = plan.entry.path.rpartition("/")
+        self.part, self.state = part_names(name)
+        # for messages: the hidden partial file with its folder, where a person can find it
+        self.shown = (
+            os.path.join(root, *folder.split("/"), self.part)
+            if folder
+            else (os.path.join(root, self.part))
+        )
         self.check = DataCheck(plan.entry.path, plan.entry.size, hasher.offset)
         self.synced = self.start = hasher.offset
 
@@ -276,7 +283,7 @@ class _Receiver:
             {"v": 1, "size": entry.size, "mtime_ns": entry.mtime_ns, "hash": self.summary.hash}
             | {"synced": start},
         )
-        self.current = _Current(plan, fd, dir_fd, hasher)
+        self.current = _Current(plan, fd, dir_fd, hasher, self.jail.root)
         self.summary.resumed_bytes += start
         self.summary.total_bytes += entry.size
         self.progress.file(entry.path, entry.size, start)
@@ -337,7 +344,7 @@ class _Receiver:
                 raise DiskFull(
                     exc.errno,
                     f"no space left in {self.jail.root} while writing {cur.plan.entry.path}: "
-                    f"the first {offset} bytes are kept in {cur.part}; free some space and run "
+                    f"the first {offset} bytes are kept in {cur.shown}; free some space and run "
                     "the same command again to resume",
                 ) from exc
             raise TransferError(
@@ -389,7 +396,7 @@ class _Receiver:
         try:
             self.jail.publish(cur.dir_fd, cur.part, name, overwrite=self.opts.overwrite)
         except FileExistsError:
-            error = f"{entry.path} appeared at the receiver meanwhile; kept in {cur.part}"
+            error = f"{entry.path} appeared at the receiver meanwhile; kept in {cur.shown}"
             self.summary.files.append(FileResult(entry.path, "failed", entry.size, error=error))
             return
         self.jail.remove(cur.dir_fd, cur.state)
@@ -429,7 +436,7 @@ class _Receiver:
         if cur is None:
             return ""
         os.close(cur.fd)
-        return f"; the partial file {cur.part} is kept: run the same command again to resume"
+        return f"; the partial file {cur.shown} is kept: run the same command again to resume"
 
 
 def receive(
