@@ -340,8 +340,7 @@ class BenchServer:
         try:
             result = test.run()
         finally:
-            test.cleanup()
-            self._slots.release()
+            test.end()
         self.tests_run += 1
         if self.on_result is not None:
             self.on_result(control.remote_address, result)
@@ -366,6 +365,7 @@ class _ServerTest:
         self.lock = threading.Lock()
         self.closing = False
         self.over = threading.Event()
+        self.ended = False  # cleaned up and the test slot given back
 
     def run(self) -> BenchResult:
         self.server._register(self.cookie, self)
@@ -389,6 +389,9 @@ class _ServerTest:
         side.drive(self.control, lambda: "report" in got and side.done(), handle)
         side.finish()
         local = side.report()
+        # free the slot before the client has its results: a script that starts the next
+        # test at once must not find this server "busy"
+        self.end()
         self.control.send({"type": "results", "report": local})
         start = {
             "version": VERSION,
@@ -474,6 +477,16 @@ class _ServerTest:
             self.flows[index].conn = conn
         self.attached.release()
         self.over.wait(self.params.duration + SETUP_TIMEOUT + 2 * END_GRACE)
+
+    def end(self) -> None:
+        """Clean up and give the test slot back (once)."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            self.cleanup()
+        finally:
+            self.server._slots.release()
 
     def cleanup(self) -> None:
         """Stop whatever still runs and release every socket."""
