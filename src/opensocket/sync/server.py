@@ -332,6 +332,9 @@ class Server(ServerBase):
             )
             with self._lock:
                 self._live[link] = ip
+                late = self._closing  # accepted as shutdown began, after its sweep of _live
+            if late:
+                link.close(CloseCode.GOING_AWAY, "server shutting down", wait=False)
             link.run()
         finally:
             with self._lock:
