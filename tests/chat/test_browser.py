@@ -98,8 +98,11 @@ class Plain:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
+        try:
+            for line in self.proc.stdout:
+                self.lines.put(line.rstrip("\n"))
+        except (ValueError, OSError):
+            pass  # closed under us at teardown: the stream has ended
         self.lines.put(None)
 
     def write(self, line: str) -> None:

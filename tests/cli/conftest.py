@@ -64,8 +64,11 @@ class Proc:
             self.popen.stdin.close()
 
     def _pump(self, name: str, pipe: IO[bytes]) -> None:
-        for line in iter(pipe.readline, b""):
-            self.lines[name].put(line)
+        try:
+            for line in iter(pipe.readline, b""):
+                self.lines[name].put(line)
+        except (ValueError, OSError):
+            pass  # the pipe was closed under us at teardown: the stream has ended
         self.lines[name].put(b"")
 
     @property
